@@ -1,0 +1,311 @@
+"""Worker configuration: the engine author's :class:`WorkerConfig` and the
+operator's environment (:class:`RuntimeSettings`).
+
+``WorkerConfig`` mirrors ``dynamo.common.backend.WorkerConfig`` 1.6.1 field
+for field, so ``from_args`` implementations port unchanged. Everything an
+operator tunes without touching engine code (addresses, timeouts, discovery
+endpoints) is read from the same environment variables the stock runtime
+reads, with the stock parsing rules, in :meth:`RuntimeSettings.from_env`.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import math
+import os
+import socket
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DisaggregationMode",
+    "ModelInput",
+    "RuntimeSettings",
+    "WorkerConfig",
+    "parse_grace_period",
+    "parse_shutdown_timeout",
+]
+
+
+class DisaggregationMode(enum.Enum):
+    AGGREGATED = "agg"
+    PREFILL = "prefill"
+    DECODE = "decode"
+    ENCODE = "encode"
+
+
+class ModelInput(enum.Enum):
+    Tokens = "Tokens"
+    Text = "Text"
+    Tensor = "Tensor"
+
+
+def _coerce_disagg_mode(value: Any) -> DisaggregationMode:
+    """None → AGGREGATED; an enum with a matching member name coerces; strings do not.
+
+    Same rule as stock: a typo string must not silently become aggregated.
+    """
+    if value is None:
+        return DisaggregationMode.AGGREGATED
+    if isinstance(value, DisaggregationMode):
+        return value
+    if isinstance(value, enum.Enum) and value.name in DisaggregationMode.__members__:
+        return DisaggregationMode[value.name]
+    raise TypeError(
+        f"disaggregation_mode is {type(value).__name__}({value!r}); "
+        "expected dynamo_lite.DisaggregationMode"
+    )
+
+
+@dataclass
+class WorkerConfig:
+    namespace: str
+    component: str = "backend"
+    endpoint: str = "generate"
+    model_name: str = ""
+    served_model_name: str | None = None
+    model_input: ModelInput = ModelInput.Tokens
+    endpoint_types: str = "chat,completions"
+    discovery_backend: str = "etcd"
+    request_plane: str = "tcp"
+    event_plane: str | None = None
+    use_kv_events: bool = False
+    custom_jinja_template: str | None = None
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    exclude_tools_when_tool_choice_none: bool = True
+    enable_local_indexer: bool = True
+    enable_kv_routing: bool = True
+    metrics_labels: list[tuple[str, str]] = field(default_factory=list)
+    disaggregation_mode: DisaggregationMode = DisaggregationMode.AGGREGATED
+    health_check_payload: dict[str, Any] | None = None
+    structural_tag: dict[str, object] | None = None
+    route_to_encoder: bool = False
+    media_decoder: Any = None
+    media_fetcher: Any = None
+    kv_state_endpoint: str | None = None
+    default_thinking_mode: str | None = None
+    response_plane: str = "tcp"
+
+    @classmethod
+    def from_runtime_config(
+        cls,
+        runtime_cfg: Any,
+        model_name: str,
+        served_model_name: str | None = None,
+        model_input: ModelInput | None = None,
+        **overrides: Any,
+    ) -> WorkerConfig:
+        """Build from any object carrying ``DynamoRuntimeConfig`` fields."""
+        g = getattr
+        kwargs: dict[str, Any] = {
+            "namespace": runtime_cfg.namespace,
+            "component": g(runtime_cfg, "component", None) or "backend",
+            "endpoint": g(runtime_cfg, "endpoint", None) or "generate",
+            "kv_state_endpoint": g(runtime_cfg, "kv_state_endpoint", None),
+            "model_name": model_name,
+            "served_model_name": served_model_name,
+            "endpoint_types": g(runtime_cfg, "endpoint_types", "chat,completions"),
+            "discovery_backend": runtime_cfg.discovery_backend,
+            "request_plane": runtime_cfg.request_plane,
+            "response_plane": g(runtime_cfg, "response_plane", "tcp"),
+            "event_plane": runtime_cfg.event_plane,
+            "use_kv_events": g(runtime_cfg, "use_kv_events", False),
+            "custom_jinja_template": g(runtime_cfg, "custom_jinja_template", None),
+            "tool_call_parser": g(runtime_cfg, "dyn_tool_call_parser", None),
+            "reasoning_parser": g(runtime_cfg, "dyn_reasoning_parser", None),
+            "default_thinking_mode": g(runtime_cfg, "dyn_default_thinking_mode", None),
+            "exclude_tools_when_tool_choice_none": g(
+                runtime_cfg, "exclude_tools_when_tool_choice_none", True
+            ),
+            "enable_local_indexer": g(runtime_cfg, "enable_local_indexer", True),
+            "enable_kv_routing": g(runtime_cfg, "enable_kv_routing", True),
+            "structural_tag": g(runtime_cfg, "structural_tag", None),
+            "route_to_encoder": g(runtime_cfg, "route_to_encoder", False),
+        }
+        if "disaggregation_mode" not in overrides:
+            kwargs["disaggregation_mode"] = _coerce_disagg_mode(
+                g(runtime_cfg, "disaggregation_mode", g(runtime_cfg, "serving_mode", None))
+            )
+        if model_input is not None:
+            kwargs["model_input"] = model_input
+        kwargs["health_check_payload"] = parse_health_check_payload_cli(
+            g(runtime_cfg, "health_check_payload", None)
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model_name
+
+
+HEALTH_CHECK_KEY = "_HEALTH_CHECK"
+
+
+def parse_health_check_payload_cli(value: Any) -> dict[str, Any] | None:
+    """``--health-check-payload``: a JSON object or ``@file``; None if invalid."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        payload: Any = dict(value)
+    else:
+        text = str(value)
+        try:
+            if text.startswith("@"):
+                text = Path(text[1:]).read_text()
+            payload = json.loads(text)
+        except (OSError, ValueError):
+            logger.warning("invalid health check payload %r; ignoring", value)
+            return None
+    if not isinstance(payload, dict):
+        logger.warning("health check payload must be a JSON object; ignoring")
+        return None
+    payload[HEALTH_CHECK_KEY] = True
+    return payload
+
+
+# --- environment -------------------------------------------------------------
+
+DEFAULT_GRACE_PERIOD = 5.0
+DEFAULT_SHUTDOWN_TIMEOUT = 30
+
+
+def parse_grace_period(raw: str | None) -> float:
+    """``DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS``: unset/empty → 5, negative → 0,
+    unparsable or non-finite → 5 with a warning (stock rules)."""
+    if raw is None or not raw.strip():
+        return DEFAULT_GRACE_PERIOD
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        logger.warning("Invalid DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS=%r; using default 5", raw)
+        return DEFAULT_GRACE_PERIOD
+    return max(value, 0.0)
+
+
+def parse_shutdown_timeout(raw: str | None) -> int:
+    """``DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT``: integer seconds, else default 30."""
+    if raw is None:
+        return DEFAULT_SHUTDOWN_TIMEOUT
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        return DEFAULT_SHUTDOWN_TIMEOUT
+    return value if value >= 0 else DEFAULT_SHUTDOWN_TIMEOUT
+
+
+def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        logger.warning("Invalid %s=%r; using default %s", name, raw, default)
+        return default
+    return value if math.isfinite(value) and value >= 0 else default
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        logger.warning("Invalid %s=%r; using default %s", name, raw, default)
+        return default
+
+
+def _bool_env(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+def detect_host() -> str:
+    """The address peers should dial when no host is configured.
+
+    A UDP connect sends nothing; it only asks the kernel which local address
+    routes outward. Without a route we fall back to loopback.
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            addr: str = s.getsockname()[0]
+            return addr
+    except OSError:
+        return "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """Operator settings read from the environment (stock variable names)."""
+
+    discovery_backend: str | None = None
+    etcd_endpoints: tuple[str, ...] = ("http://localhost:2379",)
+    etcd_lease_ttl: int = 30
+    etcd_startup_timeout: float = 120.0
+    file_kv: Path = Path(tempfile.gettempdir()) / "dynamo_store_kv"
+    tcp_host: str | None = None
+    tcp_port: int = 0
+    max_message_size: int = 33_554_432
+    grace_period: float = DEFAULT_GRACE_PERIOD
+    shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT
+    drain_timeout: float = 30.0
+    system_host: str = "0.0.0.0"
+    system_port: int | None = None
+    request_codec: str = "msgpack"
+    exit_on_lease_loss: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeSettings:
+        env = os.environ if env is None else env
+        endpoints = tuple(
+            e.strip() for e in env.get("ETCD_ENDPOINTS", "").split(",") if e.strip()
+        ) or ("http://localhost:2379",)
+        system_port_raw = env.get("DYN_SYSTEM_PORT", "").strip()
+        system_port: int | None = None
+        if system_port_raw:
+            try:
+                system_port = int(system_port_raw)
+            except ValueError:
+                logger.warning(
+                    "Invalid DYN_SYSTEM_PORT=%r; system server disabled", system_port_raw
+                )
+            if system_port is not None and system_port < 0:
+                system_port = None
+        codec = env.get("DYN_REQUEST_PLANE_CODEC", "msgpack").strip().lower() or "msgpack"
+        if codec not in ("msgpack", "json"):
+            logger.warning("Invalid DYN_REQUEST_PLANE_CODEC=%r; using msgpack", codec)
+            codec = "msgpack"
+        return cls(
+            discovery_backend=env.get("DYN_DISCOVERY_BACKEND") or None,
+            etcd_endpoints=endpoints,
+            etcd_lease_ttl=max(_int_env(env, "ETCD_LEASE_TTL", 30), 2),
+            etcd_startup_timeout=_float_env(env, "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS", 120.0),
+            file_kv=Path(env.get("DYN_FILE_KV") or Path(tempfile.gettempdir()) / "dynamo_store_kv"),
+            tcp_host=env.get("DYN_TCP_RPC_HOST") or None,
+            tcp_port=_int_env(env, "DYN_TCP_RPC_PORT", 0),
+            max_message_size=_int_env(env, "DYN_TCP_MAX_MESSAGE_SIZE", 33_554_432),
+            grace_period=parse_grace_period(env.get("DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS")),
+            shutdown_timeout=parse_shutdown_timeout(
+                env.get("DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT")
+            ),
+            drain_timeout=_float_env(env, "DYN_PREFILL_DRAIN_TIMEOUT_S", 30.0),
+            system_host=env.get("DYN_SYSTEM_HOST") or "0.0.0.0",
+            system_port=system_port,
+            request_codec=codec,
+            exit_on_lease_loss=_bool_env(env, "DYN_LITE_EXIT_ON_LEASE_LOSS", False),
+        )

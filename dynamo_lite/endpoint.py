@@ -1,0 +1,330 @@
+"""One served endpoint: admits request frames and drives the engine per request.
+
+Per request (theory of operation)::
+
+    admit(frame)        sync, in the socket callback: decide the reply
+      ├─ not accepting   → "Server unavailable: …"   (frontend: 503 at once)
+      ├─ at capacity     → "Server overloaded: …"    (frontend: 529)
+      ├─ bad envelope    → "Server unavailable: malformed request …"
+      └─ ok              → ack, and a request task is spawned
+    request task
+      ├─ dial the frontend, handshake + prologue {"error":null}
+      ├─ decode the body (garbage → InvalidArgument error item)
+      ├─ pump: engine.generate() → StreamValidator → one item per chunk
+      ├─ complete_final + sentinel, then wait for the frontend to close
+      └─ on kill/stop/disconnect: context stopped+killed, engine.abort() once,
+         nothing more written, the generator closed at its next yield (or
+         cancelled if it does not yield within KILL_GRACE)
+
+Shutdown uses :meth:`Endpoint.cut`: streams still open end with an explicit
+error item (never a bare end) before their tasks are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .context import Context
+from .engine import BaseEngine
+from .errors import EngineShutdown, InvalidArgument, WireError, classify
+from .protocol import codec as wire_codec
+from .protocol import control, items, twopart
+from .protocol import request_plane as rp
+from .protocol.codec import Codec
+from .protocol.errors import ProtocolError
+from .stream import StreamValidator
+from .tasks import TaskSet
+from .transport.response_stream import ResponseStream, open_stream
+
+logger = logging.getLogger(__name__)
+
+#: How long an engine gets after a kill to reach its next yield before the
+#: request task is cancelled (stock closes such a generator after ~0.1 s).
+KILL_GRACE = 0.1
+#: After the sentinel, how long to wait for the frontend to close (stock: 10 s).
+CLOSE_WAIT = 10.0
+#: How long a generator may run on after its terminal chunk before it is closed.
+AFTER_TERMINAL = 0.05
+
+
+@dataclass
+class EndpointStats:
+    requests: int = 0
+    inflight: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    aborts: int = 0
+    errors: int = 0
+    cut: int = 0
+    rejected: int = 0
+    dropped_chunks: int = 0
+    request_bytes: int = 0
+    response_bytes: int = 0
+    durations: list[float] = field(default_factory=list)
+
+
+class _Request:
+    """Book-keeping for one in-flight request."""
+
+    __slots__ = (
+        "abort_task",
+        "codec",
+        "ctx",
+        "cut_reason",
+        "kill_cancelled",
+        "kill_handle",
+        "signal",
+        "stream",
+        "task",
+    )
+
+    def __init__(self, ctx: Context, codec: Codec) -> None:
+        self.ctx = ctx
+        self.codec = codec
+        self.stream: ResponseStream | None = None
+        self.signal: str | None = None
+        self.abort_task: asyncio.Task[None] | None = None
+        self.kill_handle: asyncio.TimerHandle | None = None
+        self.kill_cancelled = False
+        self.cut_reason: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+class Endpoint:
+    def __init__(
+        self,
+        engine: BaseEngine,
+        name: str,
+        *,
+        raw: bool = False,
+        max_inflight: int = 10_000,
+    ) -> None:
+        self.engine = engine
+        self.name = name
+        self.raw = raw
+        self.max_inflight = max_inflight
+        self.accepting = False
+        self.stats = EndpointStats()
+        self.requests: dict[str, _Request] = {}
+        self.tasks = TaskSet(f"endpoint {name}")
+        self._aborts = TaskSet(f"endpoint {name} abort")
+        self.unavailable_detail = "worker is not serving"
+
+    # --- admission (runs inside the socket callback) -------------------------
+    def admit(self, frame: rp.RequestFrame) -> bytes:
+        if not self.accepting:
+            self.stats.rejected += 1
+            return rp.unavailable_reply(self.unavailable_detail)
+        if len(self.requests) >= self.max_inflight:
+            self.stats.rejected += 1
+            return rp.overloaded_reply("worker at capacity")
+        try:
+            message = twopart.decode(frame.payload)
+            ctl = control.parse_request_control(message.header)
+            codec = wire_codec.check_codec(ctl.payload_codec)
+            if ctl.transport != control.TCP_TRANSPORT:
+                return rp.unavailable_reply(
+                    f"unsupported response transport {ctl.transport!r} (only tcp_server)"
+                )
+            address = ctl.info.host_port()
+        except ProtocolError as exc:
+            logger.warning("rejecting malformed request frame: %s", exc)
+            self.stats.rejected += 1
+            return rp.unavailable_reply(f"malformed request: {exc}")
+        try:
+            headers = frame.headers()
+        except ProtocolError:
+            headers = {}
+        ctx = Context(ctl.id, ctl.metadata, trace_headers=headers)
+        req = _Request(ctx, codec)
+        self.requests[ctl.id] = req
+        self.stats.requests += 1
+        self.stats.request_bytes += len(frame.payload)
+        req.task = self.tasks.spawn(
+            self._serve(req, address, ctl.info.subject, message.body), name=f"request-{ctl.id}"
+        )
+        return rp.ACK
+
+    # --- per request ---------------------------------------------------------
+    def _on_cancel(self, req: _Request, signal: str) -> None:
+        """The frontend sent kill/stop or went away before the stream ended."""
+        if req.signal is not None:
+            return
+        req.signal = signal
+        self.stats.cancelled += 1
+        logger.debug("request cancellation received request_id=%s signal=%s", req.ctx.id(), signal)
+        req.ctx.kill()
+        req.abort_task = self._aborts.spawn(self._abort(req.ctx), name=f"abort-{req.ctx.id()}")
+        task = req.task
+        if task is not None and not task.done():
+            req.kill_handle = asyncio.get_running_loop().call_later(
+                KILL_GRACE, self._cancel_after_kill, req
+            )
+
+    def _cancel_after_kill(self, req: _Request) -> None:
+        task = req.task
+        if task is not None and not task.done():
+            req.kill_cancelled = True
+            task.cancel()
+
+    async def _abort(self, ctx: Context) -> None:
+        self.stats.aborts += 1
+        try:
+            await self.engine.abort(ctx)
+        except Exception as exc:
+            logger.debug("engine.abort raised; ignoring: %r", exc)
+
+    async def _serve(
+        self, req: _Request, address: tuple[str, int], subject: str, body: bytes
+    ) -> None:
+        started = time.monotonic()
+        self.stats.inflight += 1
+        try:
+            try:
+                req.stream = await open_stream(
+                    address, subject, lambda signal: self._on_cancel(req, signal)
+                )
+            except (OSError, TimeoutError) as exc:
+                logger.warning("cannot call home to %s:%d: %s", *address, exc)
+                return
+            try:
+                await self._pump(req, body)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not req.kill_cancelled or task is None or task.uncancel() > 0:
+                    raise
+            await req.stream.wait_closed(CLOSE_WAIT if req.signal is None else 0)
+        finally:
+            if req.kill_handle is not None:
+                req.kill_handle.cancel()
+            if req.stream is not None:
+                req.stream.close()
+            self.requests.pop(req.ctx.id(), None)
+            self.stats.inflight -= 1
+            self.stats.durations.append(time.monotonic() - started)
+            if len(self.stats.durations) > 4096:
+                del self.stats.durations[:2048]
+
+    def _end(self, req: _Request, error: WireError | None) -> None:
+        stream = req.stream
+        assert stream is not None
+        if error is not None:
+            self.stats.errors += 1
+            stream.write_final(
+                items.error_frame(req.codec, error.to_wire())
+                + items.COMPLETE_FINAL_FRAME[req.codec]
+                + control.SENTINEL_FRAME
+            )
+        else:
+            self.stats.completed += 1
+            stream.write_final(items.COMPLETE_FINAL_FRAME[req.codec] + control.SENTINEL_FRAME)
+
+    async def _pump(self, req: _Request, body: bytes) -> None:
+        stream = req.stream
+        assert stream is not None
+        codec = req.codec
+        ctx = req.ctx
+        try:
+            request = wire_codec.decode(codec, body)
+            if not isinstance(request, dict):
+                raise InvalidArgument("request body is not a map")
+            if not self.raw:
+                request["token_ids"] = wire_codec.token_ids_from_wire(request.get("token_ids"))
+        except (ProtocolError, InvalidArgument) as exc:
+            self._end(
+                req,
+                WireError(
+                    "InvalidArgument",
+                    f"malformed request body: {exc}",
+                    f"malformed request body: {exc}",
+                ),
+            )
+            return
+        try:
+            agen: AsyncGenerator[Any, None] = self.engine.generate(request, ctx)  # type: ignore[attr-defined]
+        except Exception as exc:
+            self._end(req, classify(exc))
+            return
+        validator = StreamValidator()
+        output_frame = items.output_frame
+        error: WireError | None = None
+        try:
+            async for chunk in agen:
+                if req.signal is not None or req.cut_reason is not None:
+                    break
+                out = validator.accept(chunk)
+                if type(out) is dict:
+                    frame = output_frame(codec, out)
+                    self.stats.response_bytes += len(frame)
+                    stream.write(frame)
+                    if stream.needs_drain:
+                        await stream.drain()
+                elif out is not None:
+                    assert isinstance(out, WireError)
+                    error = out
+                if validator.terminal:
+                    break
+            else:
+                error = validator.finish()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if req.signal is None:
+                error = classify(exc)
+                logger.debug(
+                    "engine stream yielded typed error request_id=%s error=%s", ctx.id(), error
+                )
+        if req.signal is None and req.cut_reason is None:
+            self._end(req, error)
+        await self._close_generator(agen, validator)
+        self.stats.dropped_chunks += validator.dropped
+
+    async def _close_generator(
+        self, agen: AsyncGenerator[Any, None], validator: StreamValidator
+    ) -> None:
+        """Let a generator finish on its own (counting chunks after its terminal),
+        briefly, then close it."""
+        try:
+            if validator.terminal and not validator.strict:
+                async with asyncio.timeout(AFTER_TERMINAL):
+                    async for extra in agen:
+                        validator.accept(extra)
+        except (TimeoutError, Exception):
+            pass
+        with contextlib.suppress(Exception):
+            await agen.aclose()
+
+    # --- shutdown ------------------------------------------------------------
+    def cut(self, reason: str) -> int:
+        """End every open stream now with an explicit error item; returns how many."""
+        count = 0
+        error = classify(EngineShutdown(reason))
+        for req in list(self.requests.values()):
+            if req.cut_reason is not None or req.signal is not None:
+                continue
+            req.cut_reason = reason
+            stream = req.stream
+            if stream is not None and stream.is_open:
+                count += 1
+                stream.write_final(
+                    items.error_frame(req.codec, error.to_wire())
+                    + items.COMPLETE_FINAL_FRAME[req.codec]
+                    + control.SENTINEL_FRAME
+                )
+        self.stats.cut += count
+        return count
+
+    async def join(self, timeout: float | None) -> bool:
+        return await self.tasks.join(timeout)
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Cancel what is left and wait (bounded) for request and abort tasks."""
+        await self.tasks.cancel(timeout)
+        await self._aborts.join(timeout)
+        await self._aborts.cancel(timeout)

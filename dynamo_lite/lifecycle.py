@@ -1,0 +1,290 @@
+"""The worker lifecycle: one explicit state machine.
+
+How a dynamo_lite worker lives and dies
+=======================================
+
+::
+
+    CREATED ──► CONNECTING ──► STARTING ──► REGISTERING ──► SERVING
+                   │  │           │              │             │
+                   │  │ discovery │ start()      │ hook or     │ first SIGTERM/SIGINT,
+                   │  │ down      │ raised       │ card failed │ lease lost (opt-in),
+                   │  ▼           ▼              ▼             │ endpoint closed
+                   │  └─────► FAILED ◄───────────┘             ▼
+                   │              │                         GRACE ──► DRAINING
+                   │              │                           │           │
+                   │              ▼                           ▼           ▼
+                   │          CLEANING ◄──────────────────────┴───────────┘
+                   │              │
+                   ▼              ▼
+                 STOPPED ◄── TEARDOWN
+
+CONNECTING
+    Parse the environment, open discovery (an etcd lease, or a file store)
+    and bind the request-plane listener. The discovery instance id becomes
+    the ``worker_id`` handed to ``start()``. A signal here ends the process
+    at once with status 0: nothing was started, so nothing is cleaned up.
+    Discovery that stays unreachable ends it with status 1.
+STARTING
+    ``engine.start(worker_id)``. Signals received meanwhile are remembered;
+    ``start()`` is never interrupted.
+REGISTERING
+    The engine's setup hooks, then the model card, then the endpoint
+    instance record (the frontend routes from that moment), then readiness.
+SERVING
+    Requests flow. The first SIGTERM or SIGINT (SIGINT is graceful no matter
+    how the process was started) moves on.
+GRACE
+    Readiness is withdrawn and the instance record deleted at once, so the
+    frontend stops routing here. For the grace period
+    (``DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS``, default 5 s) requests that
+    still arrive (the frontend may not have seen the deletion yet) are
+    served like any other.
+DRAINING
+    New requests get the "unavailable" ack, so the frontend answers or
+    re-routes them at once. In-flight requests run to their real finish
+    reason within the drain budget; prefill workers poll ``is_quiescent()``;
+    then ``engine.drain()`` runs once.
+CLEANING
+    ``engine.cleanup()``, exactly once, whenever ``start()`` was called
+    (returned or raised), never concurrently with it.
+TEARDOWN
+    Phase 1: streams still open end with an explicit error item (never a
+    bare end). Phase 2: their tasks are awaited, bounded. Phase 3: the
+    listener closes, the model card is deleted and the lease revoked (or
+    the files removed).
+STOPPED
+    Terminal. The exit status says how: 0 for every orderly shutdown
+    (``cleanup()`` raising included), 1 when startup failed.
+
+A second signal in GRACE or DRAINING skips what is left of both. A
+watchdog started by the first signal bounds the whole shutdown to
+``DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT`` (default 30 s) plus the grace
+period; overrunning it exits the process with status 911 (the OS reports
+143), as stock does.
+
+Every transition is checked against :data:`TRANSITIONS` (an illegal one
+raises :class:`IllegalTransition`) and logged as one structured event with
+the old and new state, the reason and the time since the previous one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("dynamo_lite.lifecycle")
+
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_WATCHDOG",
+    "TRANSITIONS",
+    "IllegalTransition",
+    "Lifecycle",
+    "Reason",
+    "State",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+#: What the watchdog passes to ``_exit``; the OS reports 911 & 0xFF = 143.
+EXIT_WATCHDOG = 911
+
+
+class State(enum.Enum):
+    CREATED = "created"
+    CONNECTING = "connecting"
+    STARTING = "starting"
+    REGISTERING = "registering"
+    SERVING = "serving"
+    GRACE = "grace"
+    DRAINING = "draining"
+    FAILED = "failed"
+    CLEANING = "cleaning"
+    TEARDOWN = "teardown"
+    STOPPED = "stopped"
+
+
+class Reason(enum.Enum):
+    RUN = "run"
+    CONNECTED = "connected"
+    DISCOVERY_UNREACHABLE = "discovery unreachable"
+    STARTED = "engine started"
+    START_FAILED = "engine start failed"
+    SETUP_FAILED = "setup failed"
+    REGISTERED = "registered"
+    SIGTERM = "SIGTERM"
+    SIGINT = "SIGINT"
+    SIGNAL_BEFORE_START = "signal before start"
+    LEASE_LOST = "lease lost"
+    ENDPOINT_CLOSED = "endpoint closed"
+    GRACE_ELAPSED = "grace period elapsed"
+    SECOND_SIGNAL = "second signal"
+    DRAINED = "drained"
+    DRAIN_TIMEOUT = "drain budget exhausted"
+    CLEANED = "cleanup complete"
+    CLEANUP_FAILED = "cleanup raised"
+    NOTHING_TO_CLEAN = "start never called"
+    TORN_DOWN = "teardown complete"
+
+
+S = State
+#: Every legal transition. Anything else is a bug and raises.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    S.CREATED: frozenset({S.CONNECTING}),
+    S.CONNECTING: frozenset({S.STARTING, S.FAILED, S.TEARDOWN}),
+    S.STARTING: frozenset({S.REGISTERING, S.FAILED, S.GRACE}),
+    S.REGISTERING: frozenset({S.SERVING, S.FAILED, S.GRACE}),
+    S.SERVING: frozenset({S.GRACE}),
+    S.GRACE: frozenset({S.DRAINING}),
+    S.DRAINING: frozenset({S.CLEANING}),
+    S.FAILED: frozenset({S.CLEANING}),
+    S.CLEANING: frozenset({S.TEARDOWN}),
+    S.TEARDOWN: frozenset({S.STOPPED}),
+    S.STOPPED: frozenset(),
+}
+
+#: States in which a shutdown signal starts the graceful path.
+SHUTDOWN_STATES = frozenset({S.GRACE, S.DRAINING, S.CLEANING, S.TEARDOWN, S.STOPPED})
+
+
+class IllegalTransition(RuntimeError):
+    def __init__(self, current: State, target: State, reason: Reason) -> None:
+        super().__init__(
+            f"illegal lifecycle transition {current.value} → {target.value} ({reason.value})"
+        )
+        self.current = current
+        self.target = target
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Transition:
+    source: State
+    target: State
+    reason: Reason
+    at: float
+    elapsed: float
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+class Lifecycle:
+    """The current state, its history, and the obligations that follow from it.
+
+    The worker drives it; tests drive it directly (a hypothesis state machine
+    checks the invariants below under every ordering of events).
+
+    Invariants:
+
+    * ``cleanup()`` is owed exactly when ``start()`` was called — it entered
+      STARTING — and runs at most once (:meth:`claim_cleanup`).
+    * CLEANING is only reachable after STARTING finished (FAILED, GRACE or
+      DRAINING), so cleanup never overlaps ``start()``.
+    """
+
+    def __init__(self, on_transition: Callable[[Transition], None] | None = None) -> None:
+        self.state = State.CREATED
+        self.history: list[Transition] = []
+        self.exit_code = EXIT_OK
+        self.shutdown_reason: Reason | None = None
+        self.signals = 0
+        self._cleanup_claimed = False
+        self._started_at = time.monotonic()
+        self._last = self._started_at
+        self._on_transition = on_transition
+        self._shutdown = asyncio.Event()
+        self._hurry = asyncio.Event()
+
+    # --- transitions ---------------------------------------------------------
+    def can(self, target: State) -> bool:
+        return target in TRANSITIONS[self.state]
+
+    def to(self, target: State, reason: Reason, **detail: object) -> Transition:
+        if target not in TRANSITIONS[self.state]:
+            raise IllegalTransition(self.state, target, reason)
+        now = time.monotonic()
+        t = Transition(self.state, target, reason, now - self._started_at, now - self._last, detail)
+        self._last = now
+        self.state = target
+        self.history.append(t)
+        if target is State.FAILED:
+            self.exit_code = EXIT_FAILURE
+        logger.info(
+            "lifecycle %s → %s (%s)",
+            t.source.value,
+            t.target.value,
+            reason.value,
+            extra={
+                "event": "lifecycle",
+                "from_state": t.source.value,
+                "to_state": t.target.value,
+                "reason": reason.value,
+                "elapsed": round(t.elapsed, 6),
+                **{k: v for k, v in detail.items() if k not in ("message", "asctime")},
+            },
+        )
+        if self._on_transition is not None:
+            self._on_transition(t)
+        return t
+
+    @property
+    def visited(self) -> set[State]:
+        return {State.CREATED} | {t.target for t in self.history}
+
+    # --- obligations ---------------------------------------------------------
+    @property
+    def cleanup_owed(self) -> bool:
+        return State.STARTING in self.visited and not self._cleanup_claimed
+
+    def claim_cleanup(self) -> bool:
+        """True exactly once, and only if ``start()`` was called."""
+        if self.state is not State.CLEANING:
+            raise IllegalTransition(self.state, State.CLEANING, Reason.CLEANED)
+        if not self.cleanup_owed:
+            return False
+        self._cleanup_claimed = True
+        return True
+
+    # --- signals -------------------------------------------------------------
+    def request_shutdown(self, reason: Reason) -> bool:
+        """Record a shutdown request; returns True if it is the first one.
+
+        A second request sets :attr:`hurry`, which cuts grace and drain short.
+        """
+        self.signals += 1
+        if self.shutdown_reason is None:
+            self.shutdown_reason = reason
+            self._shutdown.set()
+            return True
+        self._hurry.set()
+        return False
+
+    @property
+    def shutdown_requested(self) -> bool:
+        return self._shutdown.is_set()
+
+    @property
+    def hurried(self) -> bool:
+        return self._hurry.is_set()
+
+    async def wait_shutdown(self) -> None:
+        await self._shutdown.wait()
+
+    async def sleep_unless_hurried(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; False if a second signal cut it short."""
+        if self._hurry.is_set():
+            return False
+        try:
+            async with asyncio.timeout(max(seconds, 0.0)):
+                await self._hurry.wait()
+        except TimeoutError:
+            return True
+        return False
+
+    async def wait_hurry(self) -> None:
+        await self._hurry.wait()

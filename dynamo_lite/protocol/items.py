@@ -1,0 +1,77 @@
+"""Response items: what the worker writes on the response stream per engine output.
+
+Each item is a data-only TwoPart frame whose body, in the request's codec, is
+a ``NetworkStreamWrapper``::
+
+    {"data": <Annotated>, "complete_final": false}
+
+``Annotated`` is ``{"data": <LLMEngineOutput>}`` for an output or
+``{"event": "error", "error": <DynamoError>}`` for a typed error. The stream
+ends with ``{"complete_final": true}`` (no ``data`` key) and then the
+header-only sentinel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import codec as _codec
+from . import twopart
+from .codec import Codec
+from .errors import MalformedFrame
+
+
+def output_frame(codec: Codec, output: dict[str, Any]) -> bytes:
+    return twopart.encode_body_only(
+        _codec.encode(codec, {"data": {"data": output}, "complete_final": False})
+    )
+
+
+def error_frame(codec: Codec, error: dict[str, Any]) -> bytes:
+    return twopart.encode_body_only(
+        _codec.encode(codec, {"data": {"event": "error", "error": error}, "complete_final": False})
+    )
+
+
+def legacy_error_frame(codec: Codec, message: str) -> bytes:
+    return twopart.encode_body_only(
+        _codec.encode(
+            codec, {"data": {"event": "error", "comment": [message]}, "complete_final": False}
+        )
+    )
+
+
+COMPLETE_FINAL_FRAME: dict[Codec, bytes] = {
+    c: twopart.encode_body_only(_codec.encode(c, {"complete_final": True})) for c in _codec.CODECS
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamItem:
+    """A decoded response item (the client side of the stream)."""
+
+    output: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    complete_final: bool = False
+
+
+def parse_item(codec: Codec, body: bytes) -> StreamItem:
+    obj = _codec.decode(codec, body)
+    if not isinstance(obj, dict):
+        raise MalformedFrame("response item is not a map")
+    if obj.get("complete_final") is True and "data" not in obj:
+        return StreamItem(complete_final=True)
+    annotated = obj.get("data")
+    if not isinstance(annotated, dict):
+        raise MalformedFrame("response item lacks its data map")
+    if annotated.get("event") == "error":
+        err = annotated.get("error")
+        if not isinstance(err, dict):
+            comment = annotated.get("comment") or []
+            err = {"message": "; ".join(str(c) for c in comment), "class": "Internal"}
+        return StreamItem(error=err, complete_final=bool(obj.get("complete_final")))
+    output = annotated.get("data")
+    if not isinstance(output, dict):
+        raise MalformedFrame("response item carries neither output nor error")
+    return StreamItem(output=output, complete_final=bool(obj.get("complete_final")))

@@ -1,0 +1,63 @@
+"""``run(EngineCls)``: the entry point an engine's ``main`` calls.
+
+``from_args(argv)`` runs first, before anything else exists (raising → exit
+status 1, no cleanup); then a :class:`~dynamo_lite.worker.Worker` drives the
+engine through the lifecycle and the process exits with its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .config import WorkerConfig
+from .engine import BaseEngine
+from .logsetup import configure_logging
+from .worker import Worker
+
+logger = logging.getLogger("dynamo_lite.run")
+
+EngineFactory = Callable[[list[str] | None], Awaitable[tuple[BaseEngine, WorkerConfig]]]
+
+
+async def _main(
+    engine_cls: type[BaseEngine], argv: list[str] | None, engine_factory: EngineFactory | None
+) -> int:
+    from_args = engine_factory or engine_cls.from_args
+    try:
+        engine, worker_config = await from_args(argv)
+    except SystemExit:
+        raise
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return await Worker(engine, worker_config).run()
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (and not disabled with DYN_LITE_UVLOOP=0)."""
+    if os.environ.get("DYN_LITE_UVLOOP", "1").strip().lower() in ("0", "false", "no"):
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(
+    engine_cls: type[BaseEngine],
+    argv: list[str] | None = None,
+    engine_factory: EngineFactory | None = None,
+) -> Any:
+    """Run ``engine_cls`` as a worker and exit the process with the worker's status."""
+    configure_logging()
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        code = runner.run(_main(engine_cls, argv, engine_factory))
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""Sockets: the asyncio transports that move the :mod:`dynamo_lite.protocol` bytes."""

@@ -1,0 +1,483 @@
+"""The Worker: runs one engine through the lifecycle in :mod:`dynamo_lite.lifecycle`.
+
+This module is the orchestration; the states, the legal transitions and the
+invariants live in :mod:`dynamo_lite.lifecycle`, the per-request protocol in
+:mod:`dynamo_lite.endpoint`, and discovery in :mod:`dynamo_lite.discovery`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .card import ModelCardError, ModelFiles, build_card
+from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig, detect_host
+from .discovery import DiscoveryError, EndpointId, KvStore, open_store
+from .discovery import keys as dkeys
+from .endpoint import Endpoint
+from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
+from .errors import InvalidArgument
+from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
+from .transport.request_plane import RequestPlaneServer
+
+logger = logging.getLogger("dynamo_lite.worker")
+
+#: When a second signal hurries the shutdown, cleanup() gets this long.
+HURRIED_CLEANUP_BOUND = 5.0
+#: Teardown phase 2: how long cut streams get to flush before their tasks are cancelled.
+TEARDOWN_JOIN_BOUND = 2.0
+#: Prefill drain: how often is_quiescent() is polled.
+QUIESCENT_POLL = 0.5
+
+
+@dataclass(frozen=True)
+class EndpointHandle:
+    """What ``on_endpoint_ready`` receives: the served endpoint's identity."""
+
+    namespace: str
+    component: str
+    name: str
+    instance_id: int
+
+    @property
+    def path(self) -> str:
+        return f"{self.namespace}.{self.component}.{self.name}"
+
+
+class _NullKvPublisher:
+    """Stands in for the KV event publisher: dynamo_lite publishes no KV events."""
+
+    def __init__(self) -> None:
+        self.events = 0
+
+    def publish_stored(self, *args: Any, **kwargs: Any) -> None:
+        self.events += 1
+
+    def publish_removed(self, *args: Any, **kwargs: Any) -> None:
+        self.events += 1
+
+
+class _SnapshotPublisher:
+    """Receives per-rank snapshots; the latest one per rank is kept for /metrics."""
+
+    def __init__(self, ranks: list[int]) -> None:
+        self.latest: dict[int, Any] = {r: None for r in ranks}
+
+    def publish(self, rank: int, snapshot: Any) -> None:
+        self.latest[rank] = snapshot
+
+
+def _as_engine_config(value: Any) -> EngineConfig:
+    if isinstance(value, EngineConfig):
+        return value
+    model = getattr(value, "model", None)
+    if not isinstance(model, str):
+        raise InvalidArgument("start() must return an EngineConfig (or an object with .model)")
+    llm = getattr(value, "llm", None)
+    return EngineConfig(
+        model=model,
+        served_model_name=getattr(value, "served_model_name", None),
+        runtime_data=getattr(value, "runtime_data", None),
+        llm=llm if isinstance(llm, LlmRegistration) else None,
+        model_aliases=list(getattr(value, "model_aliases", None) or []),
+    )
+
+
+class Worker:
+    """Serve one engine until told to stop; :meth:`run` returns the exit status."""
+
+    def __init__(
+        self,
+        engine: BaseEngine,
+        config: WorkerConfig,
+        *,
+        settings: RuntimeSettings | None = None,
+        store: KvStore | None = None,
+        handle_signals: bool = True,
+        hard_exit: Callable[[int], None] = os._exit,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.settings = settings or RuntimeSettings.from_env()
+        self.lifecycle = Lifecycle()
+        self.handle_signals = handle_signals
+        self._hard_exit = hard_exit
+        self._store = store
+        self.endpoint_id = EndpointId(config.namespace, config.component, config.endpoint)
+        self.endpoint = Endpoint(engine, config.endpoint, raw=isinstance(engine, RawEngine))
+        self.server: RequestPlaneServer | None = None
+        self.instance_id: int | None = None
+        self.engine_config: EngineConfig | None = None
+        self.card: dict[str, Any] | None = None
+        self.ready = False
+        self.advertised: tuple[str, int] | None = None
+        self.timings: dict[str, float] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._signals_installed: list[int] = []
+        self._instance_key: str | None = None
+        self._mdc_key: str | None = None
+
+    @property
+    def store(self) -> KvStore:
+        if self._store is None:
+            self._store = open_store(self.config.discovery_backend, self.settings)
+        return self._store
+
+    # --- signals -------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        if not self.handle_signals:
+            return
+        loop = asyncio.get_running_loop()
+        for sig, reason in ((signal.SIGTERM, Reason.SIGTERM), (signal.SIGINT, Reason.SIGINT)):
+            loop.add_signal_handler(sig, self.request_shutdown, reason)
+            self._signals_installed.append(sig)
+        _guard_engine_signal_handlers(loop)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in self._signals_installed:
+            loop.remove_signal_handler(sig)
+        self._signals_installed.clear()
+
+    def request_shutdown(self, reason: Reason = Reason.SIGTERM) -> None:
+        """First call: graceful shutdown. Later calls: hurry it."""
+        if reason in (Reason.SIGTERM, Reason.SIGINT):
+            logger.info("%s received", reason.value)
+        first = self.lifecycle.request_shutdown(reason)
+        if first:
+            self.ready = False
+            self._arm_watchdog()
+        else:
+            logger.info("second shutdown request; skipping the rest of grace and drain")
+
+    def _arm_watchdog(self) -> None:
+        budget = self.settings.shutdown_timeout + self.settings.grace_period
+        logger.debug(
+            "graceful shutdown started; deadline %ss (%ss timeout + %.2fs grace)",
+            budget,
+            self.settings.shutdown_timeout,
+            self.settings.grace_period,
+        )
+        self._watchdog = asyncio.get_running_loop().call_later(budget, self._watchdog_fired, budget)
+
+    def _watchdog_fired(self, budget: float) -> None:
+        logger.error(
+            "Graceful shutdown exceeded %gs; force-exiting with code %d. "
+            "Set DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT to override.",
+            budget,
+            EXIT_WATCHDOG,
+        )
+        self._hard_exit(EXIT_WATCHDOG)
+
+    # --- run -------------------------------------------------------------------
+    async def run(self) -> int:
+        lc = self.lifecycle
+        lc.to(State.CONNECTING, Reason.RUN)
+        self._install_signal_handlers()
+        try:
+            return await self._run()
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._remove_signal_handlers()
+
+    async def _run(self) -> int:
+        lc = self.lifecycle
+        try:
+            await self._connect()
+        except (DiscoveryError, OSError) as exc:
+            logger.error("cannot start: %s", exc)
+            lc.to(State.FAILED, Reason.DISCOVERY_UNREACHABLE, error=str(exc))
+            return await self._finish_failed(Reason.DISCOVERY_UNREACHABLE)
+        if lc.shutdown_requested:
+            lc.to(State.TEARDOWN, Reason.SIGNAL_BEFORE_START)
+            await self._teardown()
+            lc.to(State.STOPPED, Reason.TORN_DOWN)
+            return EXIT_OK
+        assert self.instance_id is not None
+        lc.to(State.STARTING, Reason.CONNECTED, worker_id=self.instance_id)
+        t0 = time.monotonic()
+        try:
+            self.engine_config = _as_engine_config(await self.engine.start(self.instance_id))
+        except Exception as exc:
+            logger.error("engine.start() failed: %s: %s", type(exc).__name__, exc)
+            lc.to(State.FAILED, Reason.START_FAILED, error=f"{type(exc).__name__}: {exc}")
+            return await self._finish_failed(Reason.START_FAILED)
+        self.timings["model_load"] = time.monotonic() - t0
+        if not lc.shutdown_requested:
+            lc.to(
+                State.REGISTERING,
+                Reason.STARTED,
+                model=self.engine_config.model,
+                model_load_time_seconds=round(self.timings["model_load"], 6),
+            )
+            try:
+                await self._register()
+            except Exception as exc:
+                logger.error("setup failed: %s: %s", type(exc).__name__, exc)
+                lc.to(State.FAILED, Reason.SETUP_FAILED, error=f"{type(exc).__name__}: {exc}")
+                return await self._finish_failed(Reason.SETUP_FAILED)
+            if not lc.shutdown_requested:
+                lc.to(State.SERVING, Reason.REGISTERED, instance_id=f"{self.instance_id:x}")
+                await lc.wait_shutdown()
+        return await self._shutdown()
+
+    # --- startup ---------------------------------------------------------------
+    async def _connect(self) -> None:
+        s = self.settings
+        if self.config.request_plane != "tcp":
+            raise DiscoveryError(
+                f"request plane {self.config.request_plane!r} is not supported (tcp)"
+            )
+        host = s.tcp_host
+        self.server = RequestPlaneServer(
+            host or "0.0.0.0", s.tcp_port, max_message_size=s.max_message_size
+        )
+        port = await self.server.start()
+        self.advertised = (host or detect_host(), port)
+        self.instance_id = await self.store.open()
+        logger.debug(
+            "distributed runtime connected backend=%s instance_id=%x",
+            self.store.backend,
+            self.instance_id,
+        )
+
+    def _validate_model_input(self) -> None:
+        raw = isinstance(self.engine, RawEngine)
+        mi = self.config.model_input
+        if not raw and mi is not ModelInput.Tokens:
+            raise InvalidArgument(f"an LLMEngine needs model_input Tokens, not {mi}")
+        if raw and mi is ModelInput.Tokens:
+            raise InvalidArgument("a RawEngine needs model_input Text or Tensor")
+        mode = self.config.disaggregation_mode
+        if self.config.route_to_encoder and mode not in (
+            DisaggregationMode.AGGREGATED,
+            DisaggregationMode.PREFILL,
+        ):
+            raise InvalidArgument("route_to_encoder is only valid for agg or prefill workers")
+
+    async def _register(self) -> None:
+        engine = self.engine
+        cfg = self.config
+        assert self.instance_id is not None and self.engine_config is not None
+        self._validate_model_input()
+        await engine.register_prometheus(None)
+        ranks = list(engine.component_metrics_dp_ranks())
+        if cfg.enable_kv_routing and hasattr(engine, "kv_event_sources"):
+            for source in await engine.kv_event_sources():
+                if isinstance(source, PushSource):
+                    source.on_ready(_NullKvPublisher())
+        if ranks:
+            engine.attach_snapshot_publisher(_SnapshotPublisher(ranks))
+        model_dir = cfg.model_name or self.engine_config.model
+        try:
+            files = await asyncio.to_thread(ModelFiles.scan, model_dir)
+            self.card = build_card(files, cfg, self.engine_config)
+        except ModelCardError:
+            raise
+        logger.debug("local model built")
+        handle = EndpointHandle(cfg.namespace, cfg.component, cfg.endpoint, self.instance_id)
+        await engine.on_endpoint_ready(handle)
+        ep = self.endpoint_id
+        self._mdc_key = ep.mdc_key(self.instance_id)
+        await self.store.put(
+            self._mdc_key, dkeys.dumps(dkeys.mdc_record(ep, self.instance_id, self.card))
+        )
+        logger.debug("model registered with discovery")
+        engine.supported_controls()
+        engine.supported_updates()
+        if cfg.health_check_payload is None and not os.environ.get("DYN_HEALTH_CHECK_PAYLOAD"):
+            try:
+                await engine.health_check_payload()
+            except Exception as exc:
+                logger.warning("engine.health_check_payload() failed; canary disabled: %s", exc)
+        # Open the endpoint before advertising it so the first frame finds it.
+        assert self.server is not None and self.advertised is not None
+        self.server.endpoints[ep.endpoint_path(self.instance_id)] = self.endpoint
+        self.endpoint.accepting = True
+        host, port = self.advertised
+        record = dkeys.instance_record(
+            ep,
+            self.instance_id,
+            dkeys.tcp_transport(host, port, ep, self.instance_id),
+            self.settings.request_codec,
+        )
+        self._instance_key = ep.instance_key(self.instance_id)
+        await self.store.put(self._instance_key, dkeys.dumps(record))
+        self.ready = True
+        logger.info("Serving %s on %s", self.card["display_name"], ep)
+
+    # --- shutdown --------------------------------------------------------------
+    async def _unregister_instance(self) -> None:
+        key, self._instance_key = self._instance_key, None
+        if key is None:
+            return
+        try:
+            await self.store.delete(key)
+            logger.info("Endpoint unregistered from discovery")
+        except DiscoveryError as exc:
+            logger.warning("discovery unregister failed error=%s", exc)
+
+    async def _shutdown(self) -> int:
+        lc = self.lifecycle
+        s = self.settings
+        reason = lc.shutdown_reason or Reason.SIGTERM
+        lc.to(State.GRACE, reason)
+        self.ready = False
+        await self._unregister_instance()
+        if s.grace_period > 0 and not lc.hurried:
+            logger.info("Grace period %.2fs before drain", s.grace_period)
+        slept = await lc.sleep_unless_hurried(s.grace_period)
+        lc.to(State.DRAINING, Reason.GRACE_ELAPSED if slept else Reason.SECOND_SIGNAL)
+        self.endpoint.unavailable_detail = "worker is draining"
+        self.endpoint.accepting = False
+        t0 = time.monotonic()
+        drain_reason = await self._drain()
+        self.timings["drain"] = time.monotonic() - t0
+        lc.to(State.CLEANING, drain_reason, drain_time_seconds=round(self.timings["drain"], 6))
+        cleanup_reason = await self._cleanup()
+        lc.to(State.TEARDOWN, cleanup_reason)
+        await self._teardown()
+        lc.to(State.STOPPED, Reason.TORN_DOWN, exit_code=lc.exit_code)
+        return lc.exit_code
+
+    def _drain_budget(self) -> float:
+        s = self.settings
+        return max(0.0, min(s.drain_timeout, s.shutdown_timeout - 5))
+
+    async def _drain(self) -> Reason:
+        lc = self.lifecycle
+        if lc.hurried:
+            return Reason.SECOND_SIGNAL
+        budget = self._drain_budget()
+        deadline = time.monotonic() + budget
+        hurry = asyncio.ensure_future(lc.wait_hurry())
+        try:
+            join = asyncio.ensure_future(self.endpoint.join(budget))
+            await asyncio.wait({join, hurry}, return_when=asyncio.FIRST_COMPLETED)
+            if not join.done():
+                join.cancel()
+                return Reason.SECOND_SIGNAL
+            if not join.result():
+                logger.warning("drain: in-flight requests still running after %.1fs", budget)
+                return Reason.DRAIN_TIMEOUT
+            if self.config.disaggregation_mode is DisaggregationMode.PREFILL and not (
+                await self._wait_quiescent(deadline)
+            ):
+                return Reason.SECOND_SIGNAL if lc.hurried else Reason.DRAIN_TIMEOUT
+            try:
+                await self.engine.drain()
+            except Exception as exc:
+                logger.warning("engine.drain() raised: %r", exc)
+        finally:
+            hurry.cancel()
+        return Reason.DRAINED
+
+    async def _wait_quiescent(self, deadline: float) -> bool:
+        announced = False
+        start = time.monotonic()
+        while True:
+            try:
+                quiet = await self.engine.is_quiescent()
+            except Exception as exc:
+                logger.debug("is_quiescent raised: %r", exc)
+                quiet = False
+            if quiet is True:
+                if announced:
+                    logger.info(
+                        "drain: exited (quiescent, elapsed=%.1fs)", time.monotonic() - start
+                    )
+                return True
+            if not announced:
+                announced = True
+                logger.info(
+                    "drain: waiting for prefill to quiesce; polling is_quiescent (timeout=%.1fs)",
+                    max(0.0, deadline - start),
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                logger.warning(
+                    "drain: timed out at %.1fs; proceeding with cleanup", time.monotonic() - start
+                )
+                return False
+            if not await self.lifecycle.sleep_unless_hurried(min(QUIESCENT_POLL, remaining)):
+                return False
+
+    async def _cleanup(self) -> Reason:
+        if not self.lifecycle.claim_cleanup():
+            return Reason.NOTHING_TO_CLEAN
+        t0 = time.monotonic()
+        bound = HURRIED_CLEANUP_BOUND if self.lifecycle.hurried else None
+        try:
+            async with asyncio.timeout(bound):
+                await self.engine.cleanup()
+            logger.info("Engine cleanup complete")
+            reason = Reason.CLEANED
+        except TimeoutError:
+            logger.error("engine cleanup failed error=timed out after %.1fs", bound)
+            reason = Reason.CLEANUP_FAILED
+        except Exception as exc:
+            logger.error("engine cleanup failed error=%s: %s", type(exc).__name__, exc)
+            reason = Reason.CLEANUP_FAILED
+        self.timings["cleanup"] = time.monotonic() - t0
+        return reason
+
+    async def _teardown(self) -> None:
+        # Phase 1: streams still open end with an explicit error item.
+        self.endpoint.accepting = False
+        cut = self.endpoint.cut("worker shutting down")
+        if cut:
+            logger.warning("teardown: cut %d in-flight stream(s) with an error item", cut)
+        # Phase 2: give their tasks a moment to flush, then cancel what is left.
+        await self.endpoint.join(TEARDOWN_JOIN_BOUND)
+        await self.endpoint.close()
+        # Phase 3: close the listener, delete the card, release liveness.
+        if self.server is not None:
+            self.server.endpoints.clear()
+            await self.server.close()
+        await self._unregister_instance()
+        if self._mdc_key is not None and self._store is not None:
+            try:
+                await self._store.delete(self._mdc_key)
+            except DiscoveryError as exc:
+                logger.warning("model card delete failed error=%s", exc)
+            self._mdc_key = None
+        if self._store is not None:
+            try:
+                await self._store.close()
+            except DiscoveryError as exc:
+                logger.warning("discovery close failed error=%s", exc)
+
+    async def _finish_failed(self, reason: Reason) -> int:
+        lc = self.lifecycle
+        lc.to(State.CLEANING, reason)
+        reason = await self._cleanup()
+        lc.to(State.TEARDOWN, reason)
+        await self._teardown()
+        lc.to(State.STOPPED, Reason.TORN_DOWN, exit_code=EXIT_FAILURE)
+        return EXIT_FAILURE
+
+
+def _guard_engine_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep engines from replacing the worker's SIGTERM/SIGINT handling."""
+    original = loop.add_signal_handler
+    if getattr(original, "_dynamo_lite_guard", False):
+        return
+    owned = frozenset({signal.SIGINT, signal.SIGTERM})
+
+    def add_signal_handler(sig: int, callback: Callable[..., object], *args: Any) -> None:
+        if sig in owned:
+            logger.info(
+                "Suppressed engine loop.add_signal_handler(%s); the worker owns shutdown", sig
+            )
+            return None
+        return original(sig, callback, *args)
+
+    add_signal_handler._dynamo_lite_guard = True  # type: ignore[attr-defined]
+    loop.add_signal_handler = add_signal_handler  # type: ignore[method-assign,assignment]

@@ -8,7 +8,9 @@ File checksums are cached per process and on disk, in
 ``$XDG_CACHE_HOME/dynamo_lite/checksums.json`` (``~/.cache/...`` by default;
 ``DYN_LITE_CHECKSUM_CACHE=0`` turns the disk cache off).  An entry is keyed on
 the file's real path, size, mtime (ns), inode and device, so a file that is
-replaced or rewritten gets a new key and is hashed again.
+replaced or rewritten gets a new key and is hashed again.  Files modified in
+the last two seconds are hashed but not cached: mtime has a coarse tick, and a
+same-size rewrite within one tick would otherwise go unnoticed.
 """
 
 from __future__ import annotations
@@ -69,8 +71,14 @@ def _native() -> ModuleType | None:
     return _native_module
 
 
+def _forced_pure() -> bool:
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
 def _use_pure() -> bool:
-    return os.environ.get(PURE_ENV, "") not in ("", "0") or _native() is None
+    # Checked before the import so that a forced pure run never loads the
+    # compiled package at all.
+    return _forced_pure() or _native() is None
 
 
 def implementation() -> str:
@@ -79,8 +87,8 @@ def implementation() -> str:
 
 
 def _new_hasher() -> _Hasher:
-    native = _native()
-    if native is None or _use_pure():
+    native = None if _forced_pure() else _native()
+    if native is None:
         return _pyblake3.Hasher()
     hasher: _Hasher = native.blake3()
     return hasher

@@ -28,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import unquote
 from typing import Any
 
 from .tiny_model import TinyDetokenizer, write_tiny_model
@@ -124,22 +125,26 @@ def _pump_worker_log(proc: subprocess.Popen[str], printer: _Printer, lines: list
         except ValueError:
             printer.say("worker", line)
             continue
-        if event.get("event") == "lifecycle":
+        level = event.get("level")
+        if event.get("event") == "lifecycle" or "from_state" in event:
             printer.say(
                 "worker",
                 f"lifecycle {event['from_state']} → {event['to_state']}"
                 f"  ({event['reason']}, +{event['elapsed']:.3f}s)",
             )
-        elif event.get("level") in ("info", "warning", "error"):
-            printer.say("worker", f"[{event['level']}] {event.get('event', '')}")
+        elif level in ("info", "warning", "error") or (
+            level == "debug" and event.get("target") in ("dynamo_lite.endpoint", "__main__")
+        ):
+            printer.say("worker", f"[{level}] {event.get('event', '')}")
 
 
-async def _demo_requests(model_dir: Path, printer: _Printer, served: str) -> None:
+async def _demo_requests(model_dir: Path, kv: Path, printer: _Printer, served: str) -> None:
     from .client import Client
+    from .discovery import FileStore
 
     detok = TinyDetokenizer(model_dir / "tokenizer.json")
     prompt = detok.encode_words("hello world")
-    async with Client("dynamo", "sample", "generate", discovery_backend="file") as client:
+    async with Client("dynamo", "sample", "generate", store=FileStore(kv)) as client:
         found = await client.wait_for_instances(30)
         inst = found[0]
         printer.say(
@@ -202,7 +207,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 "DYN_FILE_KV": str(kv),
                 "DYN_TCP_RPC_HOST": "127.0.0.1",
                 "DYN_LOGGING_JSONL": "1",
-                "DYN_LOG": "info,dynamo_lite.endpoint=debug",
+                "DYN_LOG": "info,dynamo_lite.endpoint=debug,__main__=debug",
                 "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": str(args.grace),
                 "PYTHONUNBUFFERED": "1",
             }
@@ -228,11 +233,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         reader.start()
         code: int | None = None
         try:
-            asyncio.run(asyncio.wait_for(_demo_requests(model_dir, printer, str(model_dir)), 60))
-            records = sorted(p.name for p in kv.glob("v1/*/*"))
-            printer.say(
-                "demo", f"registered records: {len(records)} ({', '.join(r[:40] for r in records)})"
-            )
+            requests = _demo_requests(model_dir, kv, printer, str(model_dir))
+            asyncio.run(asyncio.wait_for(requests, 60))
+            for path in sorted(kv.glob("v1/*/*")):
+                printer.say("demo", f"record {path.parent.name}/{unquote(path.name)}")
             printer.say("demo", "sending SIGTERM to the worker")
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=args.grace + 35)

@@ -249,6 +249,41 @@ def detect_host() -> str:
         return "127.0.0.1"
 
 
+#: Every environment variable the worker runtime reads (stock names first).
+ENV_VARS = frozenset(
+    {
+        "DYN_DISCOVERY_BACKEND",
+        "ETCD_ENDPOINTS",
+        "ETCD_LEASE_TTL",
+        "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS",
+        "ETCD_AUTH_USERNAME",
+        "ETCD_AUTH_PASSWORD",
+        "DYN_FILE_KV",
+        "DYN_TCP_RPC_HOST",
+        "DYN_TCP_RPC_PORT",
+        "DYN_TCP_MAX_MESSAGE_SIZE",
+        "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS",
+        "DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT",
+        "DYN_PREFILL_DRAIN_TIMEOUT_S",
+        "DYN_SYSTEM_HOST",
+        "DYN_SYSTEM_PORT",
+        "DYN_REQUEST_PLANE_CODEC",
+        "DYN_RESPONSE_PLANE",
+        "DYN_HEALTH_CHECK_PAYLOAD",
+        "DYN_LOG",
+        "DYN_LOGGING_JSONL",
+        "DYN_LOGGING_CONSOLE_FORMAT",
+        "NATS_SERVER",
+        "DYN_LITE_EXIT_ON_LEASE_LOSS",
+        "DYN_LITE_STREAM_DEBUG",
+        "DYN_LITE_UVLOOP",
+        "DYN_LITE_PURE_BLAKE3",
+        "DYN_LITE_CHECKSUM_CACHE",
+        "MSGPACK_PUREPYTHON",
+    }
+)
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Operator settings read from the environment (stock variable names)."""

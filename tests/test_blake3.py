@@ -103,6 +103,22 @@ def test_api_edges() -> None:
         _pyblake3.keyed_hash(b"short key", b"")
 
 
+@pytest.mark.parametrize("n", [3, 40])  # row layout and one-int-per-word layout
+def test_chunk_counters_above_32_bits(n: int) -> None:
+    # Inputs over 4 TiB are out of reach, so compare the lane-parallel chunk
+    # path with the one-chunk-at-a-time path directly, across the 2**32 boundary.
+    data = deterministic(n * 1024, n)
+    first = 2**32 - n // 2
+    lanes = _pyblake3._chunk_cvs(data, 0, n, first, _pyblake3.IV, 0)
+    one_by_one = b"".join(
+        _pyblake3._chunk_output(
+            data[i * 1024 : (i + 1) * 1024], first + i, _pyblake3.IV, 0
+        ).chaining_value()
+        for i in range(n)
+    )
+    assert lanes == one_by_one
+
+
 # --- against the blake3 package ---------------------------------------------------------
 
 
@@ -124,9 +140,9 @@ def test_matches_blake3_package(data: bytes, length: int, key: bytes) -> None:
     blake3 = pytest.importorskip("blake3")
     assert _pyblake3.blake3_digest(data, length) == blake3.blake3(data).digest(length)
     assert _pyblake3.keyed_hash(key, data, length) == blake3.blake3(data, key=key).digest(length)
-    assert _pyblake3.derive_key("ctx", data) == blake3.blake3(
-        data, derive_key_context="ctx"
-    ).digest()
+    assert (
+        _pyblake3.derive_key("ctx", data) == blake3.blake3(data, derive_key_context="ctx").digest()
+    )
 
 
 MIB = 1 << 20

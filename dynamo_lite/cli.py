@@ -28,8 +28,8 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from urllib.parse import unquote
 from typing import Any
+from urllib.parse import unquote
 
 from .tiny_model import TinyDetokenizer, write_tiny_model
 

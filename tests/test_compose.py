@@ -43,7 +43,7 @@ def test_frontend_is_the_stock_one() -> None:
     assert "ai-dynamo-runtime==1.6.1" in text and "ai-dynamo==1.6.1" in text
     assert "--no-deps" in text
     i = words.index("dynamo.frontend")
-    args = words[i + 1:]
+    args = words[i + 1 :]
     assert args[args.index("--discovery-backend") + 1] == "etcd"
     port = args[args.index("--http-port") + 1]
     assert f"{port}:{port}" in SERVICES["frontend"]["ports"]
@@ -61,7 +61,7 @@ def _load_sample_engine() -> Any:
 def test_worker_command_is_accepted_by_the_sample_engine() -> None:
     words = shell_of("worker")
     i = words.index("/src/examples/sample_engine.py")
-    argv = words[i + 1:]
+    argv = words[i + 1 :]
     module = _load_sample_engine()
     _engine, config = asyncio.run(module.SampleEngine.from_args(argv))
     assert config.discovery_backend == "etcd"

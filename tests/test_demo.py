@@ -12,7 +12,10 @@ def test_demo_runs_without_services() -> None:
     env["DYN_LITE_CHECKSUM_CACHE"] = "0"
     result = subprocess.run(
         [sys.executable, "-m", "dynamo_lite", "demo", "--grace", "0.2", "--delay", "0.005"],
-        capture_output=True, text=True, timeout=90, env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -22,7 +25,7 @@ def test_demo_runs_without_services() -> None:
         "request 1 done: 4 tokens",
         "finish_reason=length",
         "sent 'kill'",
-        "lifecycle serving → grace (SIGTERM)",
+        "lifecycle serving → grace  (SIGTERM",
         "lifecycle teardown → stopped",
         "worker exited with status 0; records left in the store: 0",
     ):

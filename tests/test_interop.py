@@ -41,7 +41,10 @@ class Stack:
 
 @pytest.fixture(params=["file", "etcd"])
 def stack(
-    request: pytest.FixtureRequest, tiny_model: Path, tmp_path: Path, spawn: Any,
+    request: pytest.FixtureRequest,
+    tiny_model: Path,
+    tmp_path: Path,
+    spawn: Any,
     stock_frontend: Any,
 ) -> Iterator[Stack]:
     backend: str = request.param
@@ -66,7 +69,7 @@ def sse_events(text: str) -> list[Any]:
     out: list[Any] = []
     for line in text.splitlines():
         if line.startswith("data: "):
-            payload = line[len("data: "):]
+            payload = line[len("data: ") :]
             out.append(payload if payload == "[DONE]" else json.loads(payload))
     return out
 
@@ -83,9 +86,14 @@ def test_models_lists_the_worker(stack: Stack) -> None:
 
 
 def test_chat_non_streaming(stack: Stack) -> None:
-    r = stack.post("/v1/chat/completions", {
-        "model": stack.model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 7,
-    })
+    r = stack.post(
+        "/v1/chat/completions",
+        {
+            "model": stack.model,
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 7,
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     choice = body["choices"][0]
@@ -97,10 +105,16 @@ def test_chat_non_streaming(stack: Stack) -> None:
 
 
 def test_chat_streaming(stack: Stack) -> None:
-    r = stack.post("/v1/chat/completions", {
-        "model": stack.model, "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": 6, "stream": True, "stream_options": {"include_usage": True},
-    })
+    r = stack.post(
+        "/v1/chat/completions",
+        {
+            "model": stack.model,
+            "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": 6,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert r.status_code == 200, r.text
     events = sse_events(r.text)
     assert events[-1] == "[DONE]"
@@ -122,10 +136,16 @@ def test_completions_non_streaming(stack: Stack) -> None:
 
 
 def test_completions_streaming(stack: Stack) -> None:
-    r = stack.post("/v1/completions", {
-        "model": stack.model, "prompt": "hello", "max_tokens": 9, "stream": True,
-        "stream_options": {"include_usage": True},
-    })
+    r = stack.post(
+        "/v1/completions",
+        {
+            "model": stack.model,
+            "prompt": "hello",
+            "max_tokens": 9,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     assert r.status_code == 200, r.text
     events = sse_events(r.text)
     assert events[-1] == "[DONE]"
@@ -136,11 +156,16 @@ def test_completions_streaming(stack: Stack) -> None:
 
 
 def test_client_disconnect_calls_abort_once(stack: Stack) -> None:
-    body = {"model": stack.model, "messages": [{"role": "user", "content": "hello"}],
-            "max_tokens": 2000, "stream": True}
+    body = {
+        "model": stack.model,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 2000,
+        "stream": True,
+    }
     request_id = None
-    with httpx.stream("POST", stack.frontend.url("/v1/chat/completions"), json=body,
-                      timeout=30) as r:
+    with httpx.stream(
+        "POST", stack.frontend.url("/v1/chat/completions"), json=body, timeout=30
+    ) as r:
         assert r.status_code == 200
         seen = 0
         for line in r.iter_lines():
@@ -150,8 +175,11 @@ def test_client_disconnect_calls_abort_once(stack: Stack) -> None:
                 if seen == 5:
                     break
     assert request_id
-    wait_until(lambda: events_of(stack.events, "abort", id=request_id), timeout=5,
-               what="abort() after the disconnect")
+    wait_until(
+        lambda: events_of(stack.events, "abort", id=request_id),
+        timeout=5,
+        what="abort() after the disconnect",
+    )
     aborts = events_of(stack.events, "abort", id=request_id)
     assert len(aborts) == 1
     assert aborts[0]["stopped"] and aborts[0]["killed"]
@@ -163,10 +191,15 @@ def test_invalid_argument_is_http_400(stack: Stack) -> None:
     r = stack.post("/v1/completions", {"model": stack.model, "prompt": "hi", "max_tokens": 777})
     assert r.status_code == 400, r.text
     assert r.json()["message"] == "probe: 777 is not an acceptable max_tokens"
-    r = stack.post("/v1/chat/completions", {
-        "model": stack.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 777,
-        "stream": True,
-    })
+    r = stack.post(
+        "/v1/chat/completions",
+        {
+            "model": stack.model,
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 777,
+            "stream": True,
+        },
+    )
     errors = [e["error"] for e in sse_events(r.text) if isinstance(e, dict) and "error" in e]
     assert errors and errors[0]["code"] == 400
     assert errors[0]["message"] == "probe: 777 is not an acceptable max_tokens"
@@ -188,6 +221,9 @@ def test_sigterm_unregisters_and_exits_zero(stack: Stack) -> None:
     if stack.file_kv is not None:
         assert not [p for p in stack.file_kv.rglob("*") if p.is_file()]
     if stack.etcd is not None:
-        r = httpx.post(stack.etcd.endpoint + "/v3/kv/range",
-                       json={"key": "djE=", "range_end": "djI="}, timeout=5)  # v1 .. v2
+        r = httpx.post(
+            stack.etcd.endpoint + "/v3/kv/range",
+            json={"key": "djE=", "range_end": "djI="},
+            timeout=5,
+        )  # v1 .. v2
         assert not r.json().get("kvs")

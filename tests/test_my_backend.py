@@ -24,10 +24,15 @@ def test_seed_guide_backend_serves_chat(
     ]  # fmt: skip
     spawn(argv, env=worker_env(file_kv=file_kv), name="my-backend")
     fe.wait_model(str(tiny_model), timeout=30)
-    r = httpx.post(fe.url("/v1/chat/completions"), timeout=30, json={
-        "model": str(tiny_model), "messages": [{"role": "user", "content": "hello world"}],
-        "max_tokens": 3,
-    })
+    r = httpx.post(
+        fe.url("/v1/chat/completions"),
+        timeout=30,
+        json={
+            "model": str(tiny_model),
+            "messages": [{"role": "user", "content": "hello world"}],
+            "max_tokens": 3,
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["choices"][0]["finish_reason"] == "length"

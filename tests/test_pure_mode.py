@@ -26,8 +26,12 @@ pytestmark = pytest.mark.interop
 def _stdlib_dirs() -> tuple[str, ...]:
     # The base interpreter's library, not the venv's (whose platstdlib
     # contains site-packages).
-    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix,
-            "installed_base": sys.base_prefix, "installed_platbase": sys.base_exec_prefix}
+    base = {
+        "base": sys.base_prefix,
+        "platbase": sys.base_exec_prefix,
+        "installed_base": sys.base_prefix,
+        "installed_platbase": sys.base_exec_prefix,
+    }
     return tuple(
         str(Path(sysconfig.get_path(name, vars=base)).resolve()) + os.sep
         for name in ("stdlib", "platstdlib")
@@ -51,17 +55,24 @@ def test_pure_python_worker_serves_the_stock_frontend(
     worker = spawn(worker_argv(tiny_model), env=env, name="lite-pure")
     fe.wait_model(str(tiny_model), timeout=30)
     for stream in (False, True):
-        r = httpx.post(fe.url("/v1/chat/completions"), timeout=30, json={
-            "model": str(tiny_model), "messages": [{"role": "user", "content": "hello"}],
-            "max_tokens": 4, "stream": stream,
-        })
+        r = httpx.post(
+            fe.url("/v1/chat/completions"),
+            timeout=30,
+            json={
+                "model": str(tiny_model),
+                "messages": [{"role": "user", "content": "hello"}],
+                "max_tokens": 4,
+                "stream": stream,
+            },
+        )
         assert r.status_code == 200, r.text
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=20) == 0
     (report,) = events_of(events, "modules")
     stdlib = _stdlib_dirs()
     foreign = [
-        entry for entry in report["modules"]
+        entry
+        for entry in report["modules"]
         if not str(Path(entry.split("=", 1)[1]).resolve()).startswith(stdlib)
     ]
     assert foreign == [], f"compiled third-party modules were loaded: {foreign}"

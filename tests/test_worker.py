@@ -1,0 +1,409 @@
+"""The worker in-process: real sockets and the pure-Python client, in-memory discovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynamo_lite import (
+    Context,
+    EngineConfig,
+    EngineShutdown,
+    GenerateChunk,
+    GenerateRequest,
+    InvalidArgument,
+    LLMEngine,
+    RuntimeSettings,
+    Worker,
+    WorkerConfig,
+)
+from dynamo_lite.client import Client, Rejected, RemoteError
+from dynamo_lite.discovery import MemoryStore
+from dynamo_lite.lifecycle import State
+from dynamo_lite.tiny_model import write_tiny_model
+
+pytestmark = pytest.mark.anyio
+
+Behaviour = Callable[[GenerateRequest, Context], AsyncGenerator[Any, None]]
+
+
+class ScriptedEngine(LLMEngine):
+    """Runs the request's ``mode`` (a key into ``behaviours``) and records calls."""
+
+    def __init__(self, behaviours: dict[str, Behaviour] | None = None) -> None:
+        self.behaviours = behaviours or {}
+        self.calls: list[str] = []
+        self.aborts: list[str] = []
+        self.closed: list[str] = []
+        self.model = ""
+
+    @classmethod
+    async def from_args(cls, argv: list[str] | None = None) -> tuple[ScriptedEngine, WorkerConfig]:
+        raise NotImplementedError
+
+    async def start(self, worker_id: int) -> EngineConfig:
+        self.calls.append(f"start:{worker_id}")
+        return EngineConfig(model=self.model, context_length=2048, kv_cache_block_size=16)
+
+    async def generate(
+        self, request: GenerateRequest, context: Context
+    ) -> AsyncGenerator[GenerateChunk, None]:
+        mode = request.get("mode", "count")  # type: ignore[typeddict-item]
+        try:
+            if mode in self.behaviours:
+                async for item in self.behaviours[mode](request, context):
+                    yield item
+                return
+            n = (request.get("stop_conditions") or {}).get("max_tokens") or 4
+            for i in range(n):
+                if context.is_stopped():
+                    yield {"token_ids": [], "index": 0, "finish_reason": "cancelled"}
+                    return
+                await asyncio.sleep(0.005)
+                chunk: GenerateChunk = {"token_ids": [i + 1], "index": 0}
+                if i == n - 1:
+                    chunk["finish_reason"] = "length"
+                    chunk["completion_usage"] = {
+                        "prompt_tokens": 1,
+                        "completion_tokens": n,
+                        "total_tokens": n + 1,
+                    }
+                yield chunk
+        finally:
+            self.closed.append(context.id())
+
+    async def abort(self, context: Context) -> None:
+        self.aborts.append(context.id())
+
+    async def cleanup(self) -> None:
+        self.calls.append("cleanup")
+
+
+class Harness:
+    def __init__(self, worker: Worker, task: asyncio.Task[int], client: Client) -> None:
+        self.worker = worker
+        self.task = task
+        self.client = client
+
+    async def generate(self, **request: Any) -> list[dict[str, Any]]:
+        request.setdefault("token_ids", [1, 2, 3])
+        stream = await self.client.generate(request)
+        return await stream.collect()
+
+    async def stop(self) -> int:
+        self.worker.request_shutdown()
+        return await asyncio.wait_for(self.task, 20)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return write_tiny_model(tmp_path / "tiny")
+
+
+@contextlib.asynccontextmanager
+async def running(
+    engine: ScriptedEngine, model_dir: Path, *, codec: str = "msgpack", **settings: Any
+) -> AsyncIterator[Harness]:
+    space = uuid.uuid4().hex
+    engine.model = str(model_dir)
+    config = WorkerConfig(
+        namespace="dynamo", component="test", model_name=str(model_dir), discovery_backend="mem"
+    )
+    opts: dict[str, Any] = {"tcp_host": "127.0.0.1", "grace_period": 0.0, "request_codec": codec}
+    opts.update(settings)
+    worker = Worker(
+        engine,
+        config,
+        settings=RuntimeSettings(**opts),
+        store=MemoryStore(space),
+        handle_signals=False,
+    )
+    task = asyncio.create_task(worker.run())
+    client = Client("dynamo", "test", "generate", store=MemoryStore(space))
+    try:
+        await client.wait_for_instances(10)
+        yield Harness(worker, task, client)
+    finally:
+        await client.close()
+        if not task.done():
+            worker.request_shutdown()
+            await asyncio.wait_for(task, 20)
+
+
+async def test_stream_and_clean_shutdown(model_dir: Path) -> None:
+    engine = ScriptedEngine()
+    async with running(engine, model_dir) as h:
+        outs = await h.generate(stop_conditions={"max_tokens": 5})
+        assert [o["token_ids"] for o in outs] == [[1], [2], [3], [4], [5]]
+        assert outs[-1]["finish_reason"] == "length"
+        instance = (await h.client.instances())[0]
+        assert engine.calls[0] == f"start:{instance.instance_id}"
+        assert await h.stop() == 0
+        assert engine.calls.count("cleanup") == 1
+        assert h.worker.lifecycle.state is State.STOPPED
+        assert await h.client.instances() == []
+
+
+async def test_json_codec(model_dir: Path) -> None:
+    async with running(ScriptedEngine(), model_dir, codec="json") as h:
+        assert (await h.client.instances())[0].codec == "json"
+        outs = await h.generate(stop_conditions={"max_tokens": 2})
+        assert outs[-1]["finish_reason"] == "length"
+
+
+async def test_token_ids_as_bytes_are_decoded(model_dir: Path) -> None:
+    seen: list[Any] = []
+
+    async def echo(request: GenerateRequest, context: Context) -> AsyncGenerator[Any, None]:
+        seen.append(request["token_ids"])
+        yield {"token_ids": [7], "index": 0, "finish_reason": "stop"}
+
+    async with running(ScriptedEngine({"echo": echo}), model_dir) as h:
+        raw = b"".join(i.to_bytes(4, "little") for i in (1, 87, 266))
+        await h.generate(mode="echo", token_ids=raw)
+    assert seen == [[1, 87, 266]]
+
+
+async def test_kill_sets_context_and_aborts_once(model_dir: Path) -> None:
+    engine = ScriptedEngine()
+    async with running(engine, model_dir) as h:
+        stream = await h.client.generate(
+            {"token_ids": [1], "stop_conditions": {"max_tokens": 10_000}}
+        )
+        n = 0
+        async for _ in stream:
+            n += 1
+            if n == 3:
+                await stream.cancel()
+                break
+        for _ in range(100):
+            if engine.aborts and stream.request_id in engine.closed:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.aborts == [stream.request_id]
+        assert stream.request_id in engine.closed
+        await asyncio.sleep(0.2)
+        assert engine.aborts == [stream.request_id]
+        assert not h.worker.endpoint.requests
+
+
+async def test_engine_ignoring_cancellation_is_closed(model_dir: Path) -> None:
+    async def stubborn(request: GenerateRequest, context: Context) -> AsyncGenerator[Any, None]:
+        yield {"token_ids": [1], "index": 0}
+        await asyncio.sleep(3600)
+        yield {"token_ids": [2], "index": 0}
+
+    engine = ScriptedEngine({"stubborn": stubborn})
+    async with running(engine, model_dir) as h:
+        stream = await h.client.generate({"token_ids": [1], "mode": "stubborn"})
+        async for _ in stream:
+            await stream.cancel()
+            break
+        for _ in range(100):
+            if stream.request_id in engine.closed:
+                break
+            await asyncio.sleep(0.02)
+        assert stream.request_id in engine.closed
+        assert engine.aborts == [stream.request_id]
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls", "public"),
+    [
+        (InvalidArgument("bad input"), "InvalidRequest", "bad input"),
+        (ValueError("v"), "InvalidRequest", None),
+        (RuntimeError("boom"), "Internal", None),
+        (EngineShutdown("bye"), "Unavailable", None),
+    ],
+)
+async def test_exceptions_become_error_items(
+    model_dir: Path, exc: Exception, cls: str, public: str | None
+) -> None:
+    async def raising(request: GenerateRequest, context: Context) -> AsyncGenerator[Any, None]:
+        yield {"token_ids": [1], "index": 0}
+        raise exc
+
+    async with running(ScriptedEngine({"raise": raising}), model_dir) as h:
+        stream = await h.client.generate({"token_ids": [1], "mode": "raise"})
+        got: list[dict[str, Any]] = []
+        with pytest.raises(RemoteError) as err:
+            async for out in stream:
+                got.append(out)
+        assert got == [{"token_ids": [1], "index": 0}]
+        assert err.value.error_class == cls
+        assert err.value.public == public
+        # The worker keeps serving.
+        assert (await h.generate(stop_conditions={"max_tokens": 1}))[-1][
+            "finish_reason"
+        ] == "length"
+
+
+async def test_contract_violations_end_with_an_error(model_dir: Path) -> None:
+    async def no_terminal(request: GenerateRequest, context: Context) -> AsyncGenerator[Any, None]:
+        yield {"token_ids": [1], "index": 0}
+
+    async def empty(request: GenerateRequest, context: Context) -> AsyncGenerator[Any, None]:
+        return
+        yield
+
+    async def after_terminal(
+        request: GenerateRequest, context: Context
+    ) -> AsyncGenerator[Any, None]:
+        yield {"token_ids": [1], "index": 0, "finish_reason": "stop"}
+        yield {"token_ids": [2], "index": 0}
+
+    async def bad_reason(request: GenerateRequest, context: Context) -> AsyncGenerator[Any, None]:
+        yield {"token_ids": [1], "index": 0, "finish_reason": "STOP"}
+
+    async def no_ids(request: GenerateRequest, context: Context) -> AsyncGenerator[Any, None]:
+        yield {"index": 0}
+
+    engine = ScriptedEngine(
+        {
+            "no_terminal": no_terminal,
+            "empty": empty,
+            "after_terminal": after_terminal,
+            "bad_reason": bad_reason,
+            "no_ids": no_ids,
+        }
+    )
+    async with running(engine, model_dir) as h:
+        for mode, needle in (
+            ("no_terminal", "without a terminal"),
+            ("empty", "without yielding"),
+            ("bad_reason", "unknown finish_reason 'STOP'"),
+            ("no_ids", "no token_ids"),
+        ):
+            with pytest.raises(RemoteError) as err:
+                await h.generate(mode=mode)
+            assert needle in err.value.message, mode
+            assert err.value.error_class == "Internal"
+        outs = await h.generate(mode="after_terminal")
+        assert outs == [{"token_ids": [1], "index": 0, "finish_reason": "stop"}]
+        await asyncio.sleep(0.1)
+        assert h.worker.endpoint.stats.dropped_chunks == 1
+
+
+async def test_finish_reason_normalisation(model_dir: Path) -> None:
+    async def reason(request: GenerateRequest, context: Context) -> AsyncGenerator[Any, None]:
+        yield {"token_ids": [1], "index": 0, "finish_reason": request["why"]}  # type: ignore[typeddict-item]
+
+    async with running(ScriptedEngine({"r": reason}), model_dir) as h:
+        for why, wire in (
+            ("abort", "cancelled"),
+            ("eos", "eos"),
+            ("stop", "stop"),
+            ("content_filter", "content_filter"),
+            ("cancelled", "cancelled"),
+        ):
+            assert (await h.generate(mode="r", why=why))[-1]["finish_reason"] == wire
+        with pytest.raises(RemoteError) as err:
+            await h.generate(mode="r", why="error: the GPU caught fire")
+        assert err.value.message == "the GPU caught fire"
+
+
+async def test_overload_and_draining_acks(model_dir: Path) -> None:
+    engine = ScriptedEngine()
+    async with running(engine, model_dir) as h:
+        h.worker.endpoint.max_inflight = 0
+        with pytest.raises(Rejected) as err:
+            await h.generate()
+        assert err.value.overloaded
+        h.worker.endpoint.max_inflight = 10
+        h.worker.endpoint.accepting = False
+        with pytest.raises(Rejected) as err:
+            await h.generate()
+        assert err.value.reply.startswith("Server unavailable: ")
+        h.worker.endpoint.accepting = True
+
+
+async def test_malformed_request_body_is_invalid_argument(model_dir: Path) -> None:
+    from dynamo_lite.protocol import codec as wire_codec
+
+    async with running(ScriptedEngine(), model_dir) as h:
+        original = wire_codec.encode
+
+        def garbage(codec: Any, obj: Any) -> bytes:
+            return b"\xc1\xc1\xc1"
+
+        wire_codec.encode = garbage  # type: ignore[assignment]
+        try:
+            stream = await h.client.generate({"token_ids": [1]})
+        finally:
+            wire_codec.encode = original  # type: ignore[assignment]
+        with pytest.raises(RemoteError) as err:
+            await stream.collect()
+        assert err.value.error_class == "InvalidRequest"
+
+
+async def test_in_flight_streams_drain_on_shutdown(model_dir: Path) -> None:
+    engine = ScriptedEngine()
+    async with running(engine, model_dir, grace_period=0.2) as h:
+        streams = [
+            await h.client.generate({"token_ids": [1], "stop_conditions": {"max_tokens": 60}})
+            for _ in range(5)
+        ]
+        collectors = [asyncio.create_task(s.collect()) for s in streams]
+        await asyncio.sleep(0.05)
+        h.worker.request_shutdown()
+        results = await asyncio.gather(*collectors)
+        assert all(r[-1]["finish_reason"] == "length" and len(r) == 60 for r in results)
+        assert await asyncio.wait_for(h.task, 20) == 0
+
+
+async def test_second_signal_cuts_streams_with_an_error(model_dir: Path) -> None:
+    engine = ScriptedEngine()
+    async with running(engine, model_dir, grace_period=5.0) as h:
+        stream = await h.client.generate(
+            {"token_ids": [1], "stop_conditions": {"max_tokens": 100_000}}
+        )
+        collector = asyncio.create_task(stream.collect())
+        await asyncio.sleep(0.05)
+        h.worker.request_shutdown()
+        await asyncio.sleep(0.05)
+        h.worker.request_shutdown()
+        with pytest.raises(RemoteError) as err:
+            await collector
+        assert err.value.error_class == "Unavailable"
+        assert await asyncio.wait_for(h.task, 10) == 0
+        assert engine.calls.count("cleanup") == 1
+
+
+async def test_start_failure_cleans_up_once_and_exits_1(model_dir: Path) -> None:
+    class Failing(ScriptedEngine):
+        async def start(self, worker_id: int) -> EngineConfig:
+            raise RuntimeError("no GPU")
+
+    engine = Failing()
+    config = WorkerConfig(namespace="dynamo", model_name=str(model_dir), discovery_backend="mem")
+    worker = Worker(
+        engine,
+        config,
+        settings=RuntimeSettings(tcp_host="127.0.0.1"),
+        store=MemoryStore(uuid.uuid4().hex),
+        handle_signals=False,
+    )
+    assert await worker.run() == 1
+    assert engine.calls == ["cleanup"]
+
+
+async def test_missing_model_dir_fails_startup(tmp_path: Path) -> None:
+    engine = ScriptedEngine()
+    config = WorkerConfig(
+        namespace="dynamo", model_name=str(tmp_path / "nope"), discovery_backend="mem"
+    )
+    worker = Worker(
+        engine,
+        config,
+        settings=RuntimeSettings(tcp_host="127.0.0.1"),
+        store=MemoryStore(uuid.uuid4().hex),
+        handle_signals=False,
+    )
+    assert await worker.run() == 1
+    assert engine.calls[-1] == "cleanup"

@@ -265,6 +265,11 @@ ENV_VARS = frozenset(
         "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS",
         "DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT",
         "DYN_PREFILL_DRAIN_TIMEOUT_S",
+        "DYN_LITE_DRAIN_TIMEOUT_SECS",
+        "DYN_SYSTEM_HEALTH_PATH",
+        "DYN_SYSTEM_LIVE_PATH",
+        "DYN_SYSTEM_STARTING_HEALTH_STATUS",
+        "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS",
         "DYN_SYSTEM_HOST",
         "DYN_SYSTEM_PORT",
         "DYN_REQUEST_PLANE_CODEC",
@@ -298,11 +303,26 @@ class RuntimeSettings:
     max_message_size: int = 33_554_432
     grace_period: float = DEFAULT_GRACE_PERIOD
     shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT
-    drain_timeout: float = 30.0
+    drain_timeout: float | None = None
+    prefill_drain_timeout: float = 30.0
     system_host: str = "0.0.0.0"
     system_port: int | None = None
     request_codec: str = "msgpack"
     exit_on_lease_loss: bool = False
+
+    def drain_budget(self) -> float:
+        """How long in-flight requests may run on after the grace period.
+
+        ``DYN_LITE_DRAIN_TIMEOUT_SECS`` when set, else the watchdog timeout
+        less 5 s kept for ``cleanup()`` (25 s by default); never more than the
+        watchdog timeout itself.
+        """
+        budget = self.shutdown_timeout - 5 if self.drain_timeout is None else self.drain_timeout
+        return max(0.0, min(float(budget), float(self.shutdown_timeout)))
+
+    def prefill_drain_budget(self) -> float:
+        """Stock rule: ``min(DYN_PREFILL_DRAIN_TIMEOUT_S, T - 5)``."""
+        return max(0.0, min(self.prefill_drain_timeout, self.shutdown_timeout - 5))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeSettings:
@@ -338,7 +358,12 @@ class RuntimeSettings:
             shutdown_timeout=parse_shutdown_timeout(
                 env.get("DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT")
             ),
-            drain_timeout=_float_env(env, "DYN_PREFILL_DRAIN_TIMEOUT_S", 30.0),
+            drain_timeout=(
+                _float_env(env, "DYN_LITE_DRAIN_TIMEOUT_SECS", 0.0)
+                if (env.get("DYN_LITE_DRAIN_TIMEOUT_SECS") or "").strip()
+                else None
+            ),
+            prefill_drain_timeout=_float_env(env, "DYN_PREFILL_DRAIN_TIMEOUT_S", 30.0),
             system_host=env.get("DYN_SYSTEM_HOST") or "0.0.0.0",
             system_port=system_port,
             request_codec=codec,

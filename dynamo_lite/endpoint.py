@@ -272,9 +272,13 @@ class Endpoint:
                     break
             else:
                 error = validator.finish()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            if req.signal is None:  # raised by the engine itself: stock answers Cancelled
+                error = classify(exc)
+        except (Exception, GeneratorExit) as exc:
             if req.signal is None:
                 error = classify(exc)
                 logger.debug(
@@ -309,6 +313,8 @@ class Endpoint:
             if req.cut_reason is not None or req.signal is not None:
                 continue
             req.cut_reason = reason
+            # Engines polling is_stopped() end their generation promptly.
+            req.ctx.kill()
             stream = req.stream
             if stream is not None and stream.is_open:
                 count += 1

@@ -59,17 +59,51 @@ def _add_extras(
     return event_dict
 
 
+_LIFECYCLE_KEYS = (
+    "from_state",
+    "to_state",
+    "reason",
+    "elapsed",
+    "event",
+    "level",
+    "time",
+    "target",
+)
+
+
+def render_console(_: object, __: str, event_dict: structlog.types.EventDict) -> str:
+    """One readable line per record; lifecycle transitions get their own shape.
+
+    ``12:00:01.234 INFO  lifecycle  serving → grace  (SIGTERM, +6.848s)``
+    """
+    time_ = str(event_dict.pop("time", ""))[11:23]
+    level = str(event_dict.pop("level", "")).upper()
+    target = str(event_dict.pop("target", ""))
+    event = str(event_dict.pop("event", ""))
+    exc = event_dict.pop("exception", None)
+    if "from_state" in event_dict and "to_state" in event_dict:
+        head = (
+            f"lifecycle  {event_dict['from_state']} → {event_dict['to_state']}"
+            f"  ({event_dict['reason']}, +{float(event_dict['elapsed']):.3f}s)"
+        )
+        rest = {k: v for k, v in event_dict.items() if k not in _LIFECYCLE_KEYS}
+    else:
+        head = f"{target.removeprefix('dynamo_lite.')}: {event}" if target else event
+        rest = dict(event_dict)
+    extras = " ".join(f"{k}={v}" for k, v in rest.items() if not k.startswith("_"))
+    line = f"{time_} {level:<5} {head}" + (f"  {extras}" if extras else "")
+    return line + (f"\n{exc}" if exc else "")
+
+
 def configure_logging(env: Mapping[str, str] | None = None, stream: object = None) -> None:
     env = os.environ if env is None else env
     default, targets = parse_dyn_log(env.get("DYN_LOG"))
     jsonl = env.get("DYN_LOGGING_JSONL", "").lower() in ("1", "true") or (
         env.get("DYN_LOGGING_CONSOLE_FORMAT", "").lower() == "jsonl"
     )
-    renderer: structlog.types.Processor
-    if jsonl:
-        renderer = structlog.processors.JSONRenderer()
-    else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if jsonl else render_console
+    )
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True, key="time")
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_log_level, timestamper, _add_extras],

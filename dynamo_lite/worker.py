@@ -8,11 +8,12 @@ invariants live in :mod:`dynamo_lite.lifecycle`, the per-request protocol in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
 from .errors import InvalidArgument
 from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
+from .system_server import Health, SystemServer
 from .transport.request_plane import RequestPlaneServer
 
 logger = logging.getLogger("dynamo_lite.worker")
@@ -115,9 +117,11 @@ class Worker:
         self.instance_id: int | None = None
         self.engine_config: EngineConfig | None = None
         self.card: dict[str, Any] | None = None
-        self.ready = False
+        self.health = Health()
+        self.system_server: SystemServer | None = None
         self.advertised: tuple[str, int] | None = None
         self.timings: dict[str, float] = {}
+        self.lease_recoveries = 0
         self._watchdog: asyncio.TimerHandle | None = None
         self._signals_installed: list[int] = []
         self._instance_key: str | None = None
@@ -151,10 +155,20 @@ class Worker:
             logger.info("%s received", reason.value)
         first = self.lifecycle.request_shutdown(reason)
         if first:
-            self.ready = False
+            # Readiness drops from the very first probe after the signal.
+            self._withdraw_readiness()
             self._arm_watchdog()
         else:
             logger.info("second shutdown request; skipping the rest of grace and drain")
+
+    @property
+    def ready(self) -> bool:
+        return self.health.ready
+
+    def _withdraw_readiness(self) -> None:
+        self.health.shutting_down = True
+        if self.config.endpoint in self.health.endpoints:
+            self.health.set_endpoint(self.config.endpoint, False)
 
     def _arm_watchdog(self) -> None:
         budget = self.settings.shutdown_timeout + self.settings.grace_period
@@ -190,12 +204,13 @@ class Worker:
     async def _run(self) -> int:
         lc = self.lifecycle
         try:
-            await self._connect()
+            connected = await self._until_shutdown(self._connect())
         except (DiscoveryError, OSError) as exc:
             logger.error("cannot start: %s", exc)
             lc.to(State.FAILED, Reason.DISCOVERY_UNREACHABLE, error=str(exc))
             return await self._finish_failed(Reason.DISCOVERY_UNREACHABLE)
-        if lc.shutdown_requested:
+        if not connected or lc.shutdown_requested:
+            # A signal before start(): nothing was started, nothing to clean up.
             lc.to(State.TEARDOWN, Reason.SIGNAL_BEFORE_START)
             await self._teardown()
             lc.to(State.STOPPED, Reason.TORN_DOWN)
@@ -228,6 +243,31 @@ class Worker:
                 await lc.wait_shutdown()
         return await self._shutdown()
 
+    async def _until_shutdown(self, coro: Coroutine[Any, Any, None]) -> bool:
+        """Run ``coro`` unless a shutdown request comes first (then cancel it)."""
+        task = asyncio.ensure_future(coro)
+        waiter = asyncio.ensure_future(self.lifecycle.wait_shutdown())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, DiscoveryError, OSError):
+            await task
+        return False
+
+    # --- discovery liveness ------------------------------------------------------
+    async def _on_lease_lost(self, reason: str) -> None:
+        logger.error("discovery liveness lost (%s); shutting down", reason)
+        self.request_shutdown(Reason.LEASE_LOST)
+
+    async def _on_lease_recovered(self, reason: str) -> None:
+        self.lease_recoveries += 1
+        logger.warning("discovery liveness restored (%s); still serving", reason)
+
     # --- startup ---------------------------------------------------------------
     async def _connect(self) -> None:
         s = self.settings
@@ -235,12 +275,18 @@ class Worker:
             raise DiscoveryError(
                 f"request plane {self.config.request_plane!r} is not supported (tcp)"
             )
+        if s.system_port is not None:
+            # Up first, answering 503 while the engine starts (as stock).
+            self.system_server = SystemServer(s.system_host, s.system_port, self.health)
+            await self.system_server.start()
         host = s.tcp_host
         self.server = RequestPlaneServer(
             host or "0.0.0.0", s.tcp_port, max_message_size=s.max_message_size
         )
         port = await self.server.start()
         self.advertised = (host or detect_host(), port)
+        self.store.on_lost = self._on_lease_lost
+        self.store.on_recovered = self._on_lease_recovered
         self.instance_id = await self.store.open()
         logger.debug(
             "distributed runtime connected backend=%s instance_id=%x",
@@ -310,7 +356,8 @@ class Worker:
         )
         self._instance_key = ep.instance_key(self.instance_id)
         await self.store.put(self._instance_key, dkeys.dumps(record))
-        self.ready = True
+        self.health.set_endpoint(cfg.endpoint, True)
+        self.health.serving = True
         logger.info("Serving %s on %s", self.card["display_name"], ep)
 
     # --- shutdown --------------------------------------------------------------
@@ -329,7 +376,7 @@ class Worker:
         s = self.settings
         reason = lc.shutdown_reason or Reason.SIGTERM
         lc.to(State.GRACE, reason)
-        self.ready = False
+        self._withdraw_readiness()
         await self._unregister_instance()
         if s.grace_period > 0 and not lc.hurried:
             logger.info("Grace period %.2fs before drain", s.grace_period)
@@ -340,6 +387,10 @@ class Worker:
         t0 = time.monotonic()
         drain_reason = await self._drain()
         self.timings["drain"] = time.monotonic() - t0
+        if drain_reason is not Reason.DRAINED:
+            # Streams the drain could not finish end now, with an explicit error
+            # item, before cleanup() takes the engine away from under them.
+            self._cut_streams("worker shutting down before the request finished")
         lc.to(State.CLEANING, drain_reason, drain_time_seconds=round(self.timings["drain"], 6))
         cleanup_reason = await self._cleanup()
         lc.to(State.TEARDOWN, cleanup_reason)
@@ -347,28 +398,34 @@ class Worker:
         lc.to(State.STOPPED, Reason.TORN_DOWN, exit_code=lc.exit_code)
         return lc.exit_code
 
-    def _drain_budget(self) -> float:
-        s = self.settings
-        return max(0.0, min(s.drain_timeout, s.shutdown_timeout - 5))
+    def _cut_streams(self, reason: str) -> None:
+        cut = self.endpoint.cut(reason)
+        if cut:
+            logger.warning("cut %d in-flight stream(s) with an error item: %s", cut, reason)
 
     async def _drain(self) -> Reason:
+        """Let in-flight requests finish (bounded); prefill: wait for quiescence."""
         lc = self.lifecycle
         if lc.hurried:
             return Reason.SECOND_SIGNAL
-        budget = self._drain_budget()
-        deadline = time.monotonic() + budget
+        s = self.settings
+        budget = s.drain_budget()
+        inflight = len(self.endpoint.requests)
+        if inflight:
+            logger.info(
+                "drain: waiting for %d in-flight request(s) (budget %.1fs)", inflight, budget
+            )
         hurry = asyncio.ensure_future(lc.wait_hurry())
+        join = asyncio.ensure_future(self.endpoint.join(budget))
         try:
-            join = asyncio.ensure_future(self.endpoint.join(budget))
             await asyncio.wait({join, hurry}, return_when=asyncio.FIRST_COMPLETED)
             if not join.done():
-                join.cancel()
                 return Reason.SECOND_SIGNAL
             if not join.result():
                 logger.warning("drain: in-flight requests still running after %.1fs", budget)
                 return Reason.DRAIN_TIMEOUT
             if self.config.disaggregation_mode is DisaggregationMode.PREFILL and not (
-                await self._wait_quiescent(deadline)
+                await self._wait_quiescent(time.monotonic() + s.prefill_drain_budget())
             ):
                 return Reason.SECOND_SIGNAL if lc.hurried else Reason.DRAIN_TIMEOUT
             try:
@@ -376,7 +433,9 @@ class Worker:
             except Exception as exc:
                 logger.warning("engine.drain() raised: %r", exc)
         finally:
-            hurry.cancel()
+            for fut in (join, hurry):
+                fut.cancel()
+            await asyncio.gather(join, hurry, return_exceptions=True)
         return Reason.DRAINED
 
     async def _wait_quiescent(self, deadline: float) -> bool:
@@ -431,9 +490,7 @@ class Worker:
     async def _teardown(self) -> None:
         # Phase 1: streams still open end with an explicit error item.
         self.endpoint.accepting = False
-        cut = self.endpoint.cut("worker shutting down")
-        if cut:
-            logger.warning("teardown: cut %d in-flight stream(s) with an error item", cut)
+        self._cut_streams("worker shutting down")
         # Phase 2: give their tasks a moment to flush, then cancel what is left.
         await self.endpoint.join(TEARDOWN_JOIN_BOUND)
         await self.endpoint.close()
@@ -453,6 +510,8 @@ class Worker:
                 await self._store.close()
             except DiscoveryError as exc:
                 logger.warning("discovery close failed error=%s", exc)
+        if self.system_server is not None:
+            await self.system_server.close()
 
     async def _finish_failed(self, reason: Reason) -> int:
         lc = self.lifecycle

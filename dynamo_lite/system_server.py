@@ -1,0 +1,198 @@
+"""The worker's system status server: ``/health``, ``/live``, ``/metrics`` and friends.
+
+Enabled by ``DYN_SYSTEM_PORT`` (unset → off, ``0`` → any free port) on
+``DYN_SYSTEM_HOST``, as in stock. HTTP/1.1 is parsed by ``h11`` (sans-IO);
+this module only routes. Bodies and status codes copy the stock worker:
+
+* ``/health`` and ``/live`` (paths from ``DYN_SYSTEM_HEALTH_PATH`` /
+  ``DYN_SYSTEM_LIVE_PATH``) answer ``{"status":"ready"|"notready",
+  "uptime":{"secs":…,"nanos":…},"endpoints":{…}}`` with 200 when ready and
+  503 otherwise, as ``text/plain; charset=utf-8``; ``HEAD`` is allowed,
+  other methods get 405;
+* anything unknown gets 404 ``Route not found``.
+
+Readiness lives in :class:`Health`: the worker flips endpoints ready when
+they are registered and not-ready from the first moment of shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import h11
+
+logger = logging.getLogger(__name__)
+
+TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = TEXT
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+Handler = Callable[[str, str], Awaitable[Response] | Response]
+
+
+class Health:
+    """Readiness as the stock runtime reports it."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        self.started = time.monotonic()
+        self.starting_ready = env.get("DYN_SYSTEM_STARTING_HEALTH_STATUS", "").lower() == "ready"
+        self.use_endpoints: list[str] | None = None
+        raw = env.get("DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS", "").strip()
+        if raw:
+            try:
+                parsed = json.loads(raw)
+                if isinstance(parsed, list):
+                    self.use_endpoints = [str(x) for x in parsed]
+            except ValueError:
+                logger.warning("Invalid DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=%r; ignoring", raw)
+        start = "ready" if self.starting_ready else "notready"
+        self.endpoints: dict[str, str] = {name: start for name in self.use_endpoints or ()}
+        self.serving = False
+        self.shutting_down = False
+        #: Extra conditions that can make the worker unhealthy (canary, stall detector).
+        self.vetoes: dict[str, str] = {}
+
+    def set_endpoint(self, name: str, ready: bool) -> None:
+        self.endpoints[name] = "ready" if ready else "notready"
+
+    @property
+    def ready(self) -> bool:
+        if self.shutting_down or self.vetoes:
+            return False
+        if self.use_endpoints:
+            return all(self.endpoints.get(name) == "ready" for name in self.use_endpoints)
+        return self.serving or (self.starting_ready and not self.endpoints)
+
+    def body(self) -> dict[str, object]:
+        elapsed = time.monotonic() - self.started
+        return {
+            "status": "ready" if self.ready else "notready",
+            "uptime": {"secs": int(elapsed), "nanos": int((elapsed % 1) * 1e9)},
+            "endpoints": dict(self.endpoints),
+        }
+
+
+class SystemServer:
+    def __init__(
+        self, host: str, port: int, health: Health, env: Mapping[str, str] | None = None
+    ) -> None:
+        env = os.environ if env is None else env
+        self.host = host
+        self.port = port
+        self.health = health
+        self.routes: dict[str, Handler] = {}
+        self.prefix_routes: list[tuple[str, Handler]] = []
+        health_path = env.get("DYN_SYSTEM_HEALTH_PATH") or "/health"
+        live_path = env.get("DYN_SYSTEM_LIVE_PATH") or "/live"
+        self.routes[health_path] = self._health
+        self.routes[live_path] = self._health
+        self.routes["/metadata"] = lambda m, p: Response(404, b"Discovery metadata not available")
+        self.prefix_routes.append(("/engine/", self._engine_not_found))
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    def _health(self, method: str, path: str) -> Response:
+        return Response(200 if self.health.ready else 503, json.dumps(self.health.body()).encode())
+
+    @staticmethod
+    def _engine_not_found(method: str, path: str) -> Response:
+        body = {"error": "Route not found", "message": f"Route {path} not found"}
+        return Response(404, json.dumps(body).encode())
+
+    def route(self, path: str, handler: Handler, *, prefix: bool = False) -> None:
+        if prefix:
+            self.prefix_routes.append((path, handler))
+        else:
+            self.routes[path] = handler
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        logger.debug("system server listening on %s:%d", self.host, self.port)
+        return self.port
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=2)
+        if server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 2)
+
+    async def _dispatch(self, method: str, target: str) -> Response:
+        path = target.split("?", 1)[0]
+        handler = self.routes.get(path)
+        if handler is None:
+            for prefix, h in self.prefix_routes:
+                if path.startswith(prefix):
+                    handler = h
+                    break
+        if handler is None:
+            return Response(404, b"Route not found")
+        if method not in ("GET", "HEAD"):
+            return Response(405, b"", headers=[("allow", "GET,HEAD")])
+        result = handler(method, path)
+        if not isinstance(result, Response):
+            result = await result
+        return result
+
+    async def _respond(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request
+    ) -> None:
+        method = request.method.decode()
+        response = await self._dispatch(method, request.target.decode())
+        headers = [
+            ("content-type", response.content_type),
+            ("content-length", str(len(response.body))),
+            *response.headers,
+        ]
+        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
+        if method != "HEAD":
+            writer.write(conn.send(h11.Data(data=response.body)))
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    # Idle keep-alive connections are bounded too.
+                    conn.receive_data(await asyncio.wait_for(reader.read(65536), 30))
+                elif isinstance(event, h11.Request):
+                    await self._respond(conn, writer, event)
+                elif event is h11.PAUSED:
+                    # One request/response cycle is complete.
+                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                        break
+                    conn.start_next_cycle()
+                elif isinstance(event, h11.ConnectionClosed):
+                    break
+        except (h11.RemoteProtocolError, TimeoutError, ConnectionError, h11.LocalProtocolError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()

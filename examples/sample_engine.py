@@ -46,6 +46,7 @@ class SampleEngine(LLMEngine):
         self.max_tokens = max_tokens
         self.delay = delay
         self.active = 0
+        self._started = False
 
     @classmethod
     async def from_args(cls, argv: list[str] | None = None) -> tuple[SampleEngine, WorkerConfig]:
@@ -91,6 +92,9 @@ class SampleEngine(LLMEngine):
         return engine, config
 
     async def start(self, worker_id: int) -> EngineConfig:
+        if self._started:
+            raise RuntimeError("SampleEngine.start() called twice")
+        self._started = True
         logger.info("sample engine ready (worker_id=%x)", worker_id)
         return EngineConfig(
             model=self.model_name,

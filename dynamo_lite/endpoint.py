@@ -118,38 +118,49 @@ class Endpoint:
 
     # --- admission (runs inside the socket callback) -------------------------
     def admit(self, frame: rp.RequestFrame) -> bytes:
-        if not self.accepting:
-            self.stats.rejected += 1
-            return rp.unavailable_reply(self.unavailable_detail)
-        if len(self.requests) >= self.max_inflight:
-            self.stats.rejected += 1
-            return rp.overloaded_reply("worker at capacity")
-        try:
-            message = twopart.decode(frame.payload)
-            ctl = control.parse_request_control(message.header)
-            codec = wire_codec.check_codec(ctl.payload_codec)
-            if ctl.transport != control.TCP_TRANSPORT:
-                return rp.unavailable_reply(
-                    f"unsupported response transport {ctl.transport!r} (only tcp_server)"
-                )
-            address = ctl.info.host_port()
-        except ProtocolError as exc:
-            logger.warning("rejecting malformed request frame: %s", exc)
-            self.stats.rejected += 1
-            return rp.unavailable_reply(f"malformed request: {exc}")
+        """Request-plane entry: the reply for one frame (ack or rejection)."""
         try:
             headers = frame.headers()
         except ProtocolError:
             headers = {}
+        rejection = self.submit(frame.payload, headers)
+        return rp.ACK if rejection is None else rp.encode_reply(rejection)
+
+    def submit(self, payload: bytes, headers: dict[str, str]) -> str | None:
+        """Admit one request payload from any request plane.
+
+        Returns None when the request was accepted (its task is running), or
+        the rejection text (``Server overloaded: …`` / ``Server unavailable: …``).
+        """
+        if not self.accepting:
+            self.stats.rejected += 1
+            return rp.UNAVAILABLE_PREFIX + self.unavailable_detail
+        if len(self.requests) >= self.max_inflight:
+            self.stats.rejected += 1
+            return rp.OVERLOADED_PREFIX + "worker at capacity"
+        try:
+            message = twopart.decode(payload)
+            ctl = control.parse_request_control(message.header)
+            codec = wire_codec.check_codec(ctl.payload_codec)
+            if ctl.transport != control.TCP_TRANSPORT:
+                return (
+                    rp.UNAVAILABLE_PREFIX
+                    + f"unsupported response transport {ctl.transport!r} (only tcp_server)"
+                )
+            address = ctl.info.host_port()
+        except ProtocolError as exc:
+            logger.warning("rejecting malformed request: %s", exc)
+            self.stats.rejected += 1
+            return rp.UNAVAILABLE_PREFIX + f"malformed request: {exc}"
         ctx = Context(ctl.id, ctl.metadata, trace_headers=headers)
         req = _Request(ctx, codec)
         self.requests[ctl.id] = req
         self.stats.requests += 1
-        self.stats.request_bytes += len(frame.payload)
+        self.stats.request_bytes += len(payload)
         req.task = self.tasks.spawn(
             self._serve(req, address, ctl.info.subject, message.body), name=f"request-{ctl.id}"
         )
-        return rp.ACK
+        return None
 
     # --- per request ---------------------------------------------------------
     def _on_cancel(self, req: _Request, signal: str) -> None:

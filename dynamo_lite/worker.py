@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from .card import ModelCardError, ModelFiles, build_card
+from .card import ModelFiles, build_card, slugify
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig, detect_host
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .discovery import keys as dkeys
@@ -25,7 +25,8 @@ from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
 from .errors import InvalidArgument
 from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
-from .system_server import Health, SystemServer
+from .system_server import Health, Response, SystemServer
+from .transport.nats_plane import NatsError, NatsRequestPlane, subject_for
 from .transport.request_plane import RequestPlaneServer
 
 logger = logging.getLogger("dynamo_lite.worker")
@@ -114,6 +115,8 @@ class Worker:
         self.endpoint_id = EndpointId(config.namespace, config.component, config.endpoint)
         self.endpoint = Endpoint(engine, config.endpoint, raw=isinstance(engine, RawEngine))
         self.server: RequestPlaneServer | None = None
+        self.nats: NatsRequestPlane | None = None
+        self._nats_subject: str | None = None
         self.instance_id: int | None = None
         self.engine_config: EngineConfig | None = None
         self.card: dict[str, Any] | None = None
@@ -205,7 +208,7 @@ class Worker:
         lc = self.lifecycle
         try:
             connected = await self._until_shutdown(self._connect())
-        except (DiscoveryError, OSError) as exc:
+        except (DiscoveryError, NatsError, OSError) as exc:
             logger.error("cannot start: %s", exc)
             lc.to(State.FAILED, Reason.DISCOVERY_UNREACHABLE, error=str(exc))
             return await self._finish_failed(Reason.DISCOVERY_UNREACHABLE)
@@ -271,20 +274,23 @@ class Worker:
     # --- startup ---------------------------------------------------------------
     async def _connect(self) -> None:
         s = self.settings
-        if self.config.request_plane != "tcp":
-            raise DiscoveryError(
-                f"request plane {self.config.request_plane!r} is not supported (tcp)"
-            )
+        plane = (self.config.request_plane or "tcp").lower()
+        if plane not in ("tcp", "nats"):
+            raise DiscoveryError(f"request plane {plane!r} is not supported (tcp or nats)")
         if s.system_port is not None:
             # Up first, answering 503 while the engine starts (as stock).
             self.system_server = SystemServer(s.system_host, s.system_port, self.health)
             await self.system_server.start()
-        host = s.tcp_host
-        self.server = RequestPlaneServer(
-            host or "0.0.0.0", s.tcp_port, max_message_size=s.max_message_size
-        )
-        port = await self.server.start()
-        self.advertised = (host or detect_host(), port)
+        if plane == "nats":
+            self.nats = NatsRequestPlane()
+            await self.nats.connect()
+        else:
+            host = s.tcp_host
+            self.server = RequestPlaneServer(
+                host or "0.0.0.0", s.tcp_port, max_message_size=s.max_message_size
+            )
+            port = await self.server.start()
+            self.advertised = (host or detect_host(), port)
         self.store.on_lost = self._on_lease_lost
         self.store.on_recovered = self._on_lease_recovered
         self.instance_id = await self.store.open()
@@ -322,11 +328,8 @@ class Worker:
         if ranks:
             engine.attach_snapshot_publisher(_SnapshotPublisher(ranks))
         model_dir = cfg.model_name or self.engine_config.model
-        try:
-            files = await asyncio.to_thread(ModelFiles.scan, model_dir)
-            self.card = build_card(files, cfg, self.engine_config)
-        except ModelCardError:
-            raise
+        files = await asyncio.to_thread(ModelFiles.scan, model_dir)
+        self.card = build_card(files, cfg, self.engine_config, url_for=await self._self_host(files))
         logger.debug("local model built")
         handle = EndpointHandle(cfg.namespace, cfg.component, cfg.endpoint, self.instance_id)
         await engine.on_endpoint_ready(handle)
@@ -343,22 +346,64 @@ class Worker:
                 await engine.health_check_payload()
             except Exception as exc:
                 logger.warning("engine.health_check_payload() failed; canary disabled: %s", exc)
-        # Open the endpoint before advertising it so the first frame finds it.
-        assert self.server is not None and self.advertised is not None
-        self.server.endpoints[ep.endpoint_path(self.instance_id)] = self.endpoint
+        # Open the endpoint before advertising it so the first request finds it.
         self.endpoint.accepting = True
-        host, port = self.advertised
+        transport: dict[str, str]
+        if self.nats is not None:
+            self._nats_subject = subject_for(
+                cfg.namespace, cfg.component, cfg.endpoint, self.instance_id
+            )
+            await self.nats.serve(self._nats_subject, self.endpoint)
+            transport = {"nats_tcp": self._nats_subject}
+        else:
+            assert self.server is not None and self.advertised is not None
+            self.server.endpoints[ep.endpoint_path(self.instance_id)] = self.endpoint
+            host, port = self.advertised
+            transport = dkeys.tcp_transport(host, port, ep, self.instance_id)
         record = dkeys.instance_record(
-            ep,
-            self.instance_id,
-            dkeys.tcp_transport(host, port, ep, self.instance_id),
-            self.settings.request_codec,
+            ep, self.instance_id, transport, self.settings.request_codec
         )
         self._instance_key = ep.instance_key(self.instance_id)
         await self.store.put(self._instance_key, dkeys.dumps(record))
         self.health.set_endpoint(cfg.endpoint, True)
         self.health.serving = True
         logger.info("Serving %s on %s", self.card["display_name"], ep)
+
+    async def _self_host(self, files: ModelFiles) -> Callable[[str], str] | None:
+        """Serve the model files from the system server and return their URLs.
+
+        As in stock: on whenever the system server runs, unless
+        ``DYN_SELF_HOST_METADATA=0``. A frontend on another host then needs no
+        access to the model directory. The bytes are read once, here, so what
+        is served always matches the checksums in the card.
+        """
+        server = self.system_server
+        if server is None:
+            logger.debug("no system port: the model card points at local file paths")
+            return None
+        if os.environ.get("DYN_SELF_HOST_METADATA", "1").strip().lower() in ("0", "false"):
+            return None
+        contents = {
+            name: await asyncio.to_thread(path.read_bytes)
+            for name, (path, _checksum, _size) in files.files.items()
+        }
+        cfg, ec = self.config, self.engine_config
+        assert ec is not None
+        slug = slugify(cfg.served_model_name or ec.served_model_name or ec.model or cfg.model_name)
+        prefix = f"/v1/metadata/{cfg.namespace}/{cfg.component}/{cfg.endpoint}/{slug}/_base/"
+        host = self.settings.system_host
+        if host in ("", "0.0.0.0", "::"):
+            host = detect_host()
+        base = f"http://{host}:{server.port}{prefix}"
+
+        def serve_file(method: str, path: str) -> Response:
+            body = contents.get(path[len(prefix):]) if path.startswith(prefix) else None
+            if body is None:
+                return Response(404, b"Not found")
+            return Response(200, body, "application/octet-stream")
+
+        server.route("/v1/metadata/", serve_file, prefix=True)
+        return lambda name: base + name
 
     # --- shutdown --------------------------------------------------------------
     async def _unregister_instance(self) -> None:
@@ -384,6 +429,9 @@ class Worker:
         lc.to(State.DRAINING, Reason.GRACE_ELAPSED if slept else Reason.SECOND_SIGNAL)
         self.endpoint.unavailable_detail = "worker is draining"
         self.endpoint.accepting = False
+        if self.nats is not None and self._nats_subject is not None:
+            # Over NATS, leaving the queue group is the "unavailable" answer.
+            await self.nats.stop_serving(self._nats_subject)
         t0 = time.monotonic()
         drain_reason = await self._drain()
         self.timings["drain"] = time.monotonic() - t0
@@ -498,6 +546,8 @@ class Worker:
         if self.server is not None:
             self.server.endpoints.clear()
             await self.server.close()
+        if self.nats is not None:
+            await self.nats.close()
         await self._unregister_instance()
         if self._mdc_key is not None and self._store is not None:
             try:

@@ -1,0 +1,208 @@
+"""The NATS request plane (``--request-plane nats``).
+
+The worker advertises ``{"nats_tcp": "<subject>"}`` in its instance record,
+with subject ``{namespace}_{component}.{endpoint}-{instance_id:x}``, and
+subscribes to exactly that subject in queue group ``q``. Each request
+message carries the same TwoPart payload as a TCP request frame, plus the
+frame headers as NATS headers; the worker answers the NATS request at once
+with an empty payload (the ack) and then streams the response over the TCP
+call-home connection named in the payload, as with the TCP plane.
+
+Unlike 1.6.1, which slugifies the subject it subscribes to but advertises the
+raw one (so names with dots or capitals hang), we subscribe to the string we
+advertise. Dots split NATS subject tokens, which is harmless here because the
+frontend publishes to the same string.
+
+Connection settings come from the stock variables: ``NATS_SERVER``,
+``NATS_AUTH_USERNAME``/``NATS_AUTH_PASSWORD``, ``NATS_AUTH_TOKEN``,
+``NATS_AUTH_NKEY``, ``NATS_AUTH_CREDENTIALS_FILE``, ``NATS_TLS_CA_CERT_PATH``,
+``NATS_TLS_INSECURE``, ``NATS_TLS_CLIENT_CERT_PATH``/``NATS_TLS_CLIENT_KEY_PATH``
+and ``NATS_STARTUP_CONNECT_TIMEOUT_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+QUEUE_GROUP = "q"
+_FORBIDDEN = frozenset(" \t\r\n*>")
+
+
+class NatsError(Exception):
+    """The NATS request plane cannot be used (unreachable, bad name, missing extra)."""
+
+
+class Submitter(Protocol):
+    def submit(self, payload: bytes, headers: dict[str, str]) -> str | None: ...
+
+
+def subject_for(namespace: str, component: str, endpoint: str, instance_id: int) -> str:
+    subject = f"{namespace}_{component}.{endpoint}-{instance_id:x}"
+    if any(c in _FORBIDDEN for c in subject) or "" in subject.split("."):
+        raise NatsError(
+            f"{subject!r} is not a valid NATS subject (no spaces, '*', '>' or empty tokens)"
+        )
+    return subject
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class NatsSettings:
+    servers: tuple[str, ...] = ("nats://localhost:4222",)
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    nkey_seed: str | None = None
+    credentials: str | None = None
+    tls_ca: str | None = None
+    tls_insecure: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    connect_timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> NatsSettings:
+        env = os.environ if env is None else env
+        servers = tuple(s.strip() for s in env.get("NATS_SERVER", "").split(",") if s.strip())
+        timeout_raw = env.get("NATS_STARTUP_CONNECT_TIMEOUT_SECONDS", "").strip()
+        try:
+            timeout = float(timeout_raw) if timeout_raw else 10.0
+        except ValueError:
+            timeout = 10.0
+        return cls(
+            servers=servers or ("nats://localhost:4222",),
+            user=env.get("NATS_AUTH_USERNAME") or None,
+            password=env.get("NATS_AUTH_PASSWORD") or None,
+            token=env.get("NATS_AUTH_TOKEN") or None,
+            nkey_seed=env.get("NATS_AUTH_NKEY") or None,
+            credentials=env.get("NATS_AUTH_CREDENTIALS_FILE") or None,
+            tls_ca=env.get("NATS_TLS_CA_CERT_PATH") or None,
+            tls_insecure=_truthy(env.get("NATS_TLS_INSECURE")),
+            tls_cert=env.get("NATS_TLS_CLIENT_CERT_PATH") or None,
+            tls_key=env.get("NATS_TLS_CLIENT_KEY_PATH") or None,
+            connect_timeout=timeout,
+        )
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        wants_tls = (
+            self.tls_ca
+            or self.tls_cert
+            or self.tls_insecure
+            or any(s.startswith("tls://") for s in self.servers)
+        )
+        if not wants_tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls_ca)
+        if self.tls_insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.tls_cert:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        return ctx
+
+    def connect_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "servers": list(self.servers),
+            "connect_timeout": max(1, int(self.connect_timeout)),
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "name": "dynamo-lite-worker",
+        }
+        if self.user:
+            opts["user"] = self.user
+            opts["password"] = self.password or ""
+        if self.token:
+            opts["token"] = self.token
+        if self.credentials:
+            opts["user_credentials"] = self.credentials
+        if self.nkey_seed:
+            if os.path.exists(self.nkey_seed):
+                opts["nkeys_seed"] = self.nkey_seed
+            else:
+                opts["nkeys_seed_str"] = self.nkey_seed
+        tls = self.tls_context()
+        if tls is not None:
+            opts["tls"] = tls
+        return opts
+
+
+class NatsRequestPlane:
+    """One NATS connection; serves endpoints by subject."""
+
+    def __init__(self, settings: NatsSettings | None = None) -> None:
+        self.settings = settings or NatsSettings.from_env()
+        self._nc: Any = None
+        self._subs: dict[str, Any] = {}
+
+    async def connect(self) -> None:
+        try:
+            import nats
+        except ImportError as exc:  # nats-py is a dependency; guard anyway
+            raise NatsError("the NATS request plane needs the nats-py package") from exc
+        if (self.settings.credentials or self.settings.nkey_seed) and not _has_nkeys():
+            raise NatsError(
+                "NATS .creds/nkey authentication needs the `nkeys` package (pip install nkeys)"
+            )
+
+        async def on_error(exc: Exception) -> None:
+            logger.warning("NATS: %s", exc)
+
+        try:
+            self._nc = await asyncio.wait_for(
+                nats.connect(error_cb=on_error, **self.settings.connect_options()),
+                self.settings.connect_timeout + 2,
+            )
+        except (TimeoutError, OSError, Exception) as exc:
+            raise NatsError(
+                f"cannot connect to NATS at {', '.join(self.settings.servers)}: {exc!r}"
+            ) from exc
+
+    async def serve(self, subject: str, endpoint: Submitter) -> None:
+        if self._nc is None:
+            raise NatsError("NATS is not connected")
+
+        async def handle(msg: Any) -> None:
+            headers = dict(msg.headers or {})
+            rejection = endpoint.submit(msg.data, headers)
+            if msg.reply:
+                await msg.respond(b"" if rejection is None else rejection.encode())
+
+        self._subs[subject] = await self._nc.subscribe(subject, queue=QUEUE_GROUP, cb=handle)
+        await self._nc.flush(timeout=5)
+
+    async def stop_serving(self, subject: str) -> None:
+        """Unsubscribe, so the queue group routes elsewhere (or the frontend
+        sees no responders at once)."""
+        sub = self._subs.pop(subject, None)
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                logger.debug("NATS unsubscribe failed: %r", exc)
+
+    async def close(self) -> None:
+        for subject in list(self._subs):
+            await self.stop_serving(subject)
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            try:
+                await asyncio.wait_for(nc.close(), 5)
+            except Exception as exc:
+                logger.debug("NATS close failed: %r", exc)
+
+
+def _has_nkeys() -> bool:
+    return importlib.util.find_spec("nkeys") is not None

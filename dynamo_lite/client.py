@@ -38,6 +38,7 @@ from .protocol import control, items, twopart
 from .protocol import request_plane as rp
 from .protocol.codec import Codec
 from .protocol.errors import ProtocolError
+from .transport.tls import TcpTls
 
 logger = logging.getLogger(__name__)
 
@@ -354,7 +355,10 @@ class Client:
         response_host: str = "127.0.0.1",
         ack_timeout: float = 5.0,
         item_timeout: float | None = 60.0,
+        tls: TcpTls | None = None,
     ) -> None:
+        # Same variables as the frontend: DYN_TCP_TLS_* (see transport/tls.py).
+        self.tls = tls if tls is not None else TcpTls.from_env()
         self.endpoint_id = EndpointId(namespace, component, endpoint)
         self._store = store if store is not None else open_store(discovery_backend, settings)
         self._own_store = store is None
@@ -378,7 +382,14 @@ class Client:
         if self._server is not None:
             return
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _CallHome(self), self.response_host, 0)
+        server_ssl = self.tls.server_context()
+        self._server = await loop.create_server(
+            lambda: _CallHome(self),
+            self.response_host,
+            0,
+            ssl=server_ssl,
+            ssl_handshake_timeout=self.tls.handshake_timeout if server_ssl else None,
+        )
         port = self._server.sockets[0].getsockname()[1]
         self._address = f"{self.response_host}:{port}"
 
@@ -423,8 +434,16 @@ class Client:
         if conn is not None and not conn.closed:
             return conn
         loop = asyncio.get_running_loop()
+        client_ssl = self.tls.client_context()
         _, fresh = await asyncio.wait_for(
-            loop.create_connection(_RequestConnection, inst.host, inst.port), self.ack_timeout
+            loop.create_connection(
+                _RequestConnection,
+                inst.host,
+                inst.port,
+                ssl=client_ssl,
+                server_hostname=inst.host if client_ssl is not None else None,
+            ),
+            self.ack_timeout,
         )
         self._connections[key] = fresh
         return fresh

@@ -11,7 +11,6 @@ reads, with the stock parsing rules, in :meth:`RuntimeSettings.from_env`.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import math
 import os
@@ -22,14 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .health_check import HEALTH_CHECK_KEY, parse_health_check_payload_cli
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "HEALTH_CHECK_KEY",
     "DisaggregationMode",
     "ModelInput",
     "RuntimeSettings",
     "WorkerConfig",
     "parse_grace_period",
+    "parse_health_check_payload_cli",
     "parse_shutdown_timeout",
 ]
 
@@ -145,31 +148,6 @@ class WorkerConfig:
     @property
     def served_name(self) -> str:
         return self.served_model_name or self.model_name
-
-
-HEALTH_CHECK_KEY = "_HEALTH_CHECK"
-
-
-def parse_health_check_payload_cli(value: Any) -> dict[str, Any] | None:
-    """``--health-check-payload``: a JSON object or ``@file``; None if invalid."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        payload: Any = dict(value)
-    else:
-        text = str(value)
-        try:
-            if text.startswith("@"):
-                text = Path(text[1:]).read_text()
-            payload = json.loads(text)
-        except (OSError, ValueError):
-            logger.warning("invalid health check payload %r; ignoring", value)
-            return None
-    if not isinstance(payload, dict):
-        logger.warning("health check payload must be a JSON object; ignoring")
-        return None
-    payload[HEALTH_CHECK_KEY] = True
-    return payload
 
 
 # --- environment -------------------------------------------------------------
@@ -290,6 +268,14 @@ ENV_VARS = frozenset(
         "NATS_TLS_CLIENT_KEY_PATH",
         "NATS_STARTUP_CONNECT_TIMEOUT_SECONDS",
         "DYN_SELF_HOST_METADATA",
+        "DYN_TCP_TLS_CERT_PATH",
+        "DYN_TCP_TLS_KEY_PATH",
+        "DYN_TCP_TLS_CA_CERT_PATH",
+        "DYN_TCP_TLS_CLIENT_CERT_PATH",
+        "DYN_TCP_TLS_CLIENT_KEY_PATH",
+        "DYN_TCP_TLS_CLIENT_CA_CERT_PATH",
+        "DYN_TCP_TLS_INSECURE",
+        "DYN_TCP_TLS_HANDSHAKE_TIMEOUT_SECS",
         "DYN_LITE_EXIT_ON_LEASE_LOSS",
         "DYN_LITE_STREAM_DEBUG",
         "DYN_LITE_UVLOOP",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -115,6 +116,8 @@ class Endpoint:
         self.tasks = TaskSet(f"endpoint {name}")
         self._aborts = TaskSet(f"endpoint {name} abort")
         self.unavailable_detail = "worker is not serving"
+        #: TLS for call-home connections (``DYN_TCP_TLS_CA_CERT_PATH`` & co).
+        self.call_home_ssl: ssl.SSLContext | None = None
 
     # --- admission (runs inside the socket callback) -------------------------
     def admit(self, frame: rp.RequestFrame) -> bytes:
@@ -199,7 +202,10 @@ class Endpoint:
         try:
             try:
                 req.stream = await open_stream(
-                    address, subject, lambda signal: self._on_cancel(req, signal)
+                    address,
+                    subject,
+                    lambda signal: self._on_cancel(req, signal),
+                    ssl_context=self.call_home_ssl,
                 )
             except (OSError, TimeoutError) as exc:
                 logger.warning("cannot call home to %s:%d: %s", *address, exc)

@@ -28,6 +28,7 @@ from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, 
 from .system_server import Health, Response, SystemServer
 from .transport.nats_plane import NatsError, NatsRequestPlane, subject_for
 from .transport.request_plane import RequestPlaneServer
+from .transport.tls import TcpTls, TlsConfigError
 
 logger = logging.getLogger("dynamo_lite.worker")
 
@@ -281,13 +282,23 @@ class Worker:
             # Up first, answering 503 while the engine starts (as stock).
             self.system_server = SystemServer(s.system_host, s.system_port, self.health)
             await self.system_server.start()
+        tls = TcpTls.from_env()
+        try:
+            self.endpoint.call_home_ssl = tls.client_context()
+            server_ssl = tls.server_context()
+        except TlsConfigError as exc:
+            raise DiscoveryError(str(exc)) from exc
         if plane == "nats":
             self.nats = NatsRequestPlane()
             await self.nats.connect()
         else:
             host = s.tcp_host
             self.server = RequestPlaneServer(
-                host or "0.0.0.0", s.tcp_port, max_message_size=s.max_message_size
+                host or "0.0.0.0",
+                s.tcp_port,
+                max_message_size=s.max_message_size,
+                ssl_context=server_ssl,
+                ssl_handshake_timeout=tls.handshake_timeout,
             )
             port = await self.server.start()
             self.advertised = (host or detect_host(), port)

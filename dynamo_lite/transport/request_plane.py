@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Protocol
 
@@ -75,7 +76,11 @@ class RequestPlaneServer:
         port: int = 0,
         *,
         max_message_size: int = rp.DEFAULT_MAX_MESSAGE_SIZE,
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float = 3.0,
     ) -> None:
+        self.ssl_context = ssl_context
+        self.ssl_handshake_timeout = ssl_handshake_timeout
         self.host = host
         self.port = port
         self.max_message_size = max_message_size
@@ -94,7 +99,12 @@ class RequestPlaneServer:
     async def start(self, bind_host: str | None = None) -> int:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), bind_host or self.host, self.port, backlog=1024
+            lambda: _Connection(self),
+            bind_host or self.host,
+            self.port,
+            backlog=1024,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=self.ssl_handshake_timeout if self.ssl_context else None,
         )
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 
 from ..protocol import control, twopart
@@ -145,13 +146,24 @@ class ResponseStream(asyncio.Protocol):
 
 
 async def open_stream(
-    address: tuple[str, int], subject: str, on_cancel: CancelCallback, timeout: float = 10.0
+    address: tuple[str, int],
+    subject: str,
+    on_cancel: CancelCallback,
+    timeout: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ResponseStream:
     """Dial the frontend and send the handshake and the OK prologue."""
     loop = asyncio.get_running_loop()
     host, port = address
     _transport, stream = await asyncio.wait_for(
-        loop.create_connection(lambda: ResponseStream(on_cancel), host, port), timeout
+        loop.create_connection(
+            lambda: ResponseStream(on_cancel),
+            host,
+            port,
+            ssl=ssl_context,
+            server_hostname=host if ssl_context is not None else None,
+        ),
+        timeout,
     )
     stream.write(control.handshake_frame(subject) + control.PROLOGUE_OK_FRAME)
     return stream

@@ -277,6 +277,11 @@ ENV_VARS = frozenset(
         "DYN_TCP_TLS_INSECURE",
         "DYN_TCP_TLS_HANDSHAKE_TIMEOUT_SECS",
         "DYN_LITE_EXIT_ON_LEASE_LOSS",
+        "DYN_LITE_TCP_FRAME_TIMEOUT_SECS",
+        "DYN_LITE_TCP_IDLE_TIMEOUT_SECS",
+        "DYN_LITE_TCP_MAX_CONNECTIONS",
+        "DYN_LITE_MAX_INFLIGHT",
+        "DYN_LITE_WRITE_STALL_SECS",
         "DYN_LITE_STREAM_DEBUG",
         "DYN_LITE_UVLOOP",
         "DYN_LITE_PURE_BLAKE3",
@@ -306,6 +311,11 @@ class RuntimeSettings:
     system_port: int | None = None
     request_codec: str = "msgpack"
     exit_on_lease_loss: bool = False
+    frame_timeout: float = 30.0
+    idle_timeout: float = 900.0
+    max_connections: int = 4096
+    max_inflight: int = 10_000
+    write_stall_timeout: float = 60.0
 
     def drain_budget(self) -> float:
         """How long in-flight requests may run on after the grace period.
@@ -365,4 +375,9 @@ class RuntimeSettings:
             system_port=system_port,
             request_codec=codec,
             exit_on_lease_loss=_bool_env(env, "DYN_LITE_EXIT_ON_LEASE_LOSS", False),
+            frame_timeout=_float_env(env, "DYN_LITE_TCP_FRAME_TIMEOUT_SECS", 30.0) or 30.0,
+            idle_timeout=_float_env(env, "DYN_LITE_TCP_IDLE_TIMEOUT_SECS", 900.0) or 900.0,
+            max_connections=max(1, _int_env(env, "DYN_LITE_TCP_MAX_CONNECTIONS", 4096)),
+            max_inflight=max(1, _int_env(env, "DYN_LITE_MAX_INFLIGHT", 10_000)),
+            write_stall_timeout=_float_env(env, "DYN_LITE_WRITE_STALL_SECS", 60.0) or 60.0,
         )

@@ -118,6 +118,8 @@ class Endpoint:
         self.unavailable_detail = "worker is not serving"
         #: TLS for call-home connections (``DYN_TCP_TLS_CA_CERT_PATH`` & co).
         self.call_home_ssl: ssl.SSLContext | None = None
+        #: A frontend that stops reading for this long is treated as gone.
+        self.write_stall_timeout = 60.0
 
     # --- admission (runs inside the socket callback) -------------------------
     def admit(self, frame: rp.RequestFrame) -> bytes:
@@ -281,7 +283,7 @@ class Endpoint:
                     self.stats.response_bytes += len(frame)
                     stream.write(frame)
                     if stream.needs_drain:
-                        await stream.drain()
+                        await self._drain_or_give_up(req, stream)
                 elif out is not None:
                     assert isinstance(out, WireError)
                     error = out
@@ -305,6 +307,18 @@ class Endpoint:
             self._end(req, error)
         await self._close_generator(agen, validator)
         self.stats.dropped_chunks += validator.dropped
+
+    async def _drain_or_give_up(self, req: _Request, stream: ResponseStream) -> None:
+        try:
+            async with asyncio.timeout(self.write_stall_timeout):
+                await stream.drain()
+        except TimeoutError:
+            logger.warning(
+                "request %s: frontend stopped reading for %.0fs; cancelling",
+                req.ctx.id(),
+                self.write_stall_timeout,
+            )
+            stream.abort()
 
     async def _close_generator(
         self, agen: AsyncGenerator[Any, None], validator: StreamValidator

@@ -282,6 +282,8 @@ class Worker:
             # Up first, answering 503 while the engine starts (as stock).
             self.system_server = SystemServer(s.system_host, s.system_port, self.health)
             await self.system_server.start()
+        self.endpoint.max_inflight = s.max_inflight
+        self.endpoint.write_stall_timeout = s.write_stall_timeout
         tls = TcpTls.from_env()
         try:
             self.endpoint.call_home_ssl = tls.client_context()
@@ -299,6 +301,9 @@ class Worker:
                 max_message_size=s.max_message_size,
                 ssl_context=server_ssl,
                 ssl_handshake_timeout=tls.handshake_timeout,
+                frame_timeout=s.frame_timeout,
+                idle_timeout=s.idle_timeout,
+                max_connections=s.max_connections,
             )
             port = await self.server.start()
             self.advertised = (host or detect_host(), port)

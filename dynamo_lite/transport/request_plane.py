@@ -11,8 +11,10 @@ then runs as a task owned by the endpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -29,16 +31,24 @@ class Admitter(Protocol):
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_decoder", "_server", "_transport")
+    __slots__ = ("_decoder", "_server", "_transport", "last_activity", "partial_since")
 
     def __init__(self, server: RequestPlaneServer) -> None:
         self._server = server
         self._decoder = rp.RequestFrameDecoder(server.max_message_size)
         self._transport: asyncio.Transport | None = None
+        self.last_activity = time.monotonic()
+        #: When the current incomplete frame started arriving (slow-loris bound).
+        self.partial_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        if len(self._server.connections) >= self._server.max_connections:
+            logger.warning("request plane: %d connections open; refusing another",
+                           len(self._server.connections))
+            transport.abort()
+            return
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -56,6 +66,13 @@ class _Connection(asyncio.Protocol):
             transport.write(rp.too_large_reply(exc.size, exc.limit))
             transport.close()
             return
+        now = time.monotonic()
+        self.last_activity = now
+        if self._decoder.buffered:
+            if self.partial_since is None or frames:
+                self.partial_since = now
+        else:
+            self.partial_since = None
         if not frames:
             return
         admit = self._server.admit
@@ -68,8 +85,21 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
 
 class RequestPlaneServer:
+    """Listener for request frames; bounds every connection it accepts.
+
+    A frame that starts arriving must complete within ``frame_timeout``
+    (slow-loris peers are dropped), a connection idle for ``idle_timeout``
+    is closed (longer than the frontend's 300 s pool idle TTL, so healthy
+    pooled connections are never cut), and at most ``max_connections`` are
+    open at once.
+    """
+
     def __init__(
         self,
         host: str,
@@ -78,7 +108,14 @@ class RequestPlaneServer:
         max_message_size: int = rp.DEFAULT_MAX_MESSAGE_SIZE,
         ssl_context: ssl.SSLContext | None = None,
         ssl_handshake_timeout: float = 3.0,
+        frame_timeout: float = 30.0,
+        idle_timeout: float = 900.0,
+        max_connections: int = 4096,
     ) -> None:
+        self.frame_timeout = frame_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._sweeper: asyncio.Task[None] | None = None
         self.ssl_context = ssl_context
         self.ssl_handshake_timeout = ssl_handshake_timeout
         self.host = host
@@ -108,9 +145,32 @@ class RequestPlaneServer:
         )
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
+        self._sweeper = asyncio.create_task(self._sweep(), name="request-plane-sweeper")
         return self.port
 
+    async def _sweep(self) -> None:
+        """Close connections that trickle a frame too slowly or sit idle too long."""
+        interval = max(0.05, min(1.0, self.frame_timeout / 4, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                partial = conn.partial_since
+                if partial is not None and now - partial > self.frame_timeout:
+                    logger.warning("request plane: frame incomplete after %.0fs; closing",
+                                   self.frame_timeout)
+                    conn.abort()
+                elif now - conn.last_activity > self.idle_timeout:
+                    logger.debug("request plane: closing a connection idle for %.0fs",
+                                 self.idle_timeout)
+                    conn.close()
+
     async def close(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         server, self._server = self._server, None
         if server is not None:
             server.close()

@@ -33,13 +33,14 @@ def test_settings_from_env() -> None:
             "NATS_AUTH_USERNAME": "u",
             "NATS_AUTH_PASSWORD": "p",
             "NATS_AUTH_TOKEN": "t",
-            "NATS_TLS_INSECURE": "true",
         }
     )
     opts = s.connect_options()
     assert opts["servers"] == ["nats://a:1", "nats://b:2"]
     assert (opts["user"], opts["password"], opts["token"]) == ("u", "p", "t")
-    assert "tls" in opts
+    assert "tls" not in opts
+    tls = NatsSettings.from_env({"NATS_SERVER": "tls://a:1", "NATS_TLS_INSECURE": "true"})
+    assert "tls" in tls.connect_options()
 
 
 @pytest.mark.interop

@@ -96,13 +96,16 @@ class NatsSettings:
         )
 
     def tls_context(self) -> ssl.SSLContext | None:
-        wants_tls = (
-            self.tls_ca
-            or self.tls_cert
-            or self.tls_insecure
-            or any(s.startswith("tls://") for s in self.servers)
-        )
-        if not wants_tls:
+        configured = bool(self.tls_ca or self.tls_cert or self.tls_insecure)
+        tls_urls = all(s.startswith("tls://") for s in self.servers)
+        if configured and not tls_urls:
+            # The stock runtime refuses this combination too; saying so beats
+            # a handshake failure that names nothing.
+            raise NatsError(
+                "NATS TLS is configured (NATS_TLS_CA_CERT_PATH, NATS_TLS_INSECURE or a client "
+                "certificate) but NATS_SERVER does not use the 'tls://' scheme"
+            )
+        if not configured and not tls_urls:
             return None
         ctx = ssl.create_default_context(cafile=self.tls_ca)
         if self.tls_insecure:

@@ -402,9 +402,8 @@ class Client:
             self._server.close()
             self._server = None
         if self._own_store:
-            close = getattr(self._store, "_client", None)
-            if close is not None:
-                await close.aclose()
+            # Never opened by us: closing only releases its connections.
+            await self._store.close()
 
     async def instances(self) -> list[Instance]:
         records = await self._store.list(self.endpoint_id.instance_prefix())

@@ -236,6 +236,10 @@ ENV_VARS = frozenset(
         "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS",
         "ETCD_AUTH_USERNAME",
         "ETCD_AUTH_PASSWORD",
+        "ETCD_AUTH_CA",
+        "ETCD_AUTH_CLIENT_CERT",
+        "ETCD_AUTH_CLIENT_KEY",
+        "DYN_LITE_ETCD_CLIENT",
         "DYN_FILE_KV",
         "DYN_TCP_RPC_HOST",
         "DYN_TCP_RPC_PORT",
@@ -253,6 +257,11 @@ ENV_VARS = frozenset(
         "DYN_REQUEST_PLANE_CODEC",
         "DYN_RESPONSE_PLANE",
         "DYN_HEALTH_CHECK_PAYLOAD",
+        "DYN_HEALTH_CHECK_ENABLED",
+        "DYN_CANARY_WAIT_TIME",
+        "DYN_HEALTH_CHECK_REQUEST_TIMEOUT",
+        "DYN_LITE_STALL_TIMEOUT_SECS",
+        "DYN_LOG_USE_LOCAL_TZ",
         "DYN_LOG",
         "DYN_LOGGING_JSONL",
         "DYN_LOGGING_CONSOLE_FORMAT",
@@ -347,6 +356,12 @@ class RuntimeSettings:
                     "Invalid DYN_SYSTEM_PORT=%r; system server disabled", system_port_raw
                 )
             if system_port is not None and system_port < 0:
+                system_port = None  # stock's -1: off
+            elif system_port is not None and system_port > 65535:
+                # Stock reads an i16 and refuses anything above 32767; every real port works here.
+                logger.warning(
+                    "Invalid DYN_SYSTEM_PORT=%r; system server disabled", system_port_raw
+                )
                 system_port = None
         codec = env.get("DYN_REQUEST_PLANE_CODEC", "msgpack").strip().lower() or "msgpack"
         if codec not in ("msgpack", "json"):

@@ -1,47 +1,105 @@
-"""Discovery: where workers publish their model card and instance record."""
+"""Discovery: where workers publish their model card and instance record.
+
+Backends: ``etcd`` (a lease per process; the JSON gateway over httpx by
+default, gRPC with ``DYN_LITE_ETCD_CLIENT=grpc``), ``file`` (one file per key
+under ``DYN_FILE_KV``, kept alive by mtime) and ``mem`` (in-process tests).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config import RuntimeSettings
 from .base import DiscoveryError, DiscoveryUnavailable, KvStore
 from .etcd import EtcdStore
+from .etcd_base import EtcdLeaseStore, LeaseNotFound
 from .file import FileStore
 from .keys import EndpointId
 from .memory import MemoryStore
+from .tls import TlsConfig
 
 __all__ = [
     "DiscoveryError",
     "DiscoveryUnavailable",
     "EndpointId",
+    "EtcdGrpcStore",
+    "EtcdLeaseStore",
     "EtcdStore",
     "FileStore",
     "KvStore",
+    "LeaseNotFound",
     "MemoryStore",
+    "TlsConfig",
+    "grpc_available",
     "open_store",
 ]
 
+if TYPE_CHECKING:
+    from .etcd_grpc import EtcdGrpcStore
 
-def open_store(backend: str, settings: RuntimeSettings | None = None) -> KvStore:
+ETCD_CLIENTS = ("gateway", "grpc")
+
+
+def __getattr__(name: str) -> Any:
+    # The gRPC store is imported on first use: grpc and etcd3aio take a while to
+    # import, and etcd3aio adds its generated modules to sys.path.
+    if name == "EtcdGrpcStore":
+        from .etcd_grpc import EtcdGrpcStore
+
+        return EtcdGrpcStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def grpc_available() -> bool:
+    """Whether the ``grpc`` extra (etcd3aio) can be imported."""
+    from .etcd_grpc import grpc_available as available
+
+    return available()
+
+
+def open_store(
+    backend: str,
+    settings: RuntimeSettings | None = None,
+    env: Mapping[str, str] | None = None,
+) -> KvStore:
     """Build (not yet open) the store named by ``--discovery-backend``.
 
     As in stock, the value the engine passes (its ``--discovery-backend``)
-    wins; ``DYN_DISCOVERY_BACKEND`` only fills in when it is empty.
+    wins; ``DYN_DISCOVERY_BACKEND`` only fills in when it is empty. For etcd,
+    besides ``settings`` (endpoints, TTL, startup timeout, lease-loss policy)
+    this reads ``ETCD_AUTH_USERNAME``/``ETCD_AUTH_PASSWORD``,
+    ``ETCD_AUTH_CA``/``ETCD_AUTH_CLIENT_CERT``/``ETCD_AUTH_CLIENT_KEY`` (PEM
+    text or paths) and ``DYN_LITE_ETCD_CLIENT`` (``gateway`` or ``grpc``) from
+    ``env`` (default: the process environment). Configuration errors raise
+    :class:`DiscoveryError`.
     """
-    settings = settings or RuntimeSettings.from_env()
+    env = os.environ if env is None else env
+    settings = settings or RuntimeSettings.from_env(env)
     name = (backend or settings.discovery_backend or "etcd").lower()
     if name == "file":
         return FileStore(Path(settings.file_kv))
     if name == "etcd":
-        return EtcdStore(
+        client = (env.get("DYN_LITE_ETCD_CLIENT") or "gateway").strip().lower()
+        if client not in ETCD_CLIENTS:
+            raise DiscoveryError(
+                f"DYN_LITE_ETCD_CLIENT={client!r} is not supported (gateway or grpc)"
+            )
+        store_type: type[EtcdLeaseStore] = EtcdStore
+        if client == "grpc":
+            from .etcd_grpc import EtcdGrpcStore
+
+            store_type = EtcdGrpcStore
+        return store_type(
             settings.etcd_endpoints,
             ttl=settings.etcd_lease_ttl,
             startup_timeout=settings.etcd_startup_timeout,
             recover=not settings.exit_on_lease_loss,
-            username=os.environ.get("ETCD_AUTH_USERNAME") or None,
-            password=os.environ.get("ETCD_AUTH_PASSWORD") or None,
+            username=env.get("ETCD_AUTH_USERNAME") or None,
+            password=env.get("ETCD_AUTH_PASSWORD") or None,
+            tls=TlsConfig.from_env(env),
         )
     if name in ("mem", "memory"):
         return MemoryStore()

@@ -1,263 +1,246 @@
 """etcd discovery backend over the v3 JSON gateway (pure Python, httpx).
 
-The instance id *is* an etcd lease (TTL ``ETCD_LEASE_TTL``, default 30 s) and
-every record is put on it, so a worker that dies silently disappears from
-routing one TTL later. A keepalive task renews the lease every TTL/2.
+Lease, keepalive, recovery, failover and auth behave as described in
+:mod:`dynamo_lite.discovery.etcd_base`; this module only speaks the gateway:
+``POST {endpoint}/v3/...`` with JSON bodies, keys and values base64, int64s
+as decimal strings. The auth token from ``/v3/auth/authenticate`` travels in
+the ``Authorization`` header.
 
-When the lease is found gone (etcd lost it while we could not reach it, or
-came back with an empty data dir) the store grants a lease with the *same*
-id again and re-puts every record it owns: routing resumes with the same
-instance id, and the worker never restarts. ``on_lost`` is used instead when
-recovery is disabled (the stock behaviour: exit).
+TLS: ``https://`` endpoints (a bare ``host:port`` becomes ``https://`` when TLS
+material is configured, and so does ``http://``, since plaintext could not
+work then) are verified against ``ETCD_AUTH_CA`` (else the system store) and
+present ``ETCD_AUTH_CLIENT_CERT``/``ETCD_AUTH_CLIENT_KEY`` when given. etcd's
+gateway rejects client certificates that carry a Common Name while it runs
+with ``--client-cert-auth``; use a certificate without one, or the gRPC store.
 
-Gateway details: POST JSON, keys and values base64, int64s as strings.
-Several comma-separated ``ETCD_ENDPOINTS`` are tried in turn.
+Every foreign exception (httpx, ssl, OS, JSON, malformed replies) becomes a
+:class:`DiscoveryError` here; "could not talk to this endpoint" becomes
+:class:`DiscoveryUnavailable`, which moves on to the next endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
+import binascii
 import logging
-import time
-from typing import Any
+import ssl
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import httpx
 
-from .base import DiscoveryError, DiscoveryUnavailable, KvStore
+from .base import DiscoveryError, DiscoveryUnavailable
+from .etcd_base import (
+    DEFAULT_ENDPOINT,
+    AuthNotEnabled,
+    EtcdLeaseStore,
+    LeaseExists,
+    LeaseNotFound,
+    TokenRejected,
+    prefix_end,
+)
+from .tls import TlsConfig
 
 logger = logging.getLogger(__name__)
+
+# gRPC status codes etcd's gateway copies into its error replies.
+_UNAVAILABLE_CODES = {1, 4, 14}  # cancelled, deadline exceeded, unavailable
+_AUTH_CODES = {7, 16}  # permission denied, unauthenticated
 
 
 def _b64(data: bytes | str) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
 
-def _prefix_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key with ``prefix`` (etcd range_end)."""
-    raw = bytearray(prefix)
-    while raw:
-        if raw[-1] < 0xFF:
-            raw[-1] += 1
-            return bytes(raw)
-        raw.pop()
-    return b"\x00"
+def _unb64(value: Any) -> bytes:
+    try:
+        return base64.b64decode(str(value or ""), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DiscoveryError(f"etcd reply holds invalid base64: {exc}") from exc
 
 
-class LeaseNotFound(DiscoveryError):
-    pass
+def gateway_url(endpoint: str, tls: bool) -> str:
+    url = endpoint.strip().rstrip("/")
+    if "://" not in url:
+        return f"{'https' if tls else 'http'}://{url}"
+    if tls and url.startswith("http://"):
+        logger.info("etcd TLS is configured: using https for %s", url)
+        return "https://" + url[len("http://") :]
+    return url
 
 
-class EtcdStore(KvStore):
+def _int_field(data: dict[str, Any], name: str, default: int | None = None) -> int:
+    value = data.get(name, default)
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise DiscoveryError(f"etcd reply has no valid {name!r}: {data!r}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    # httpx hides the ssl reason in the cause chain.
+    parts = [f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__]
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and len(parts) < 4:
+        if isinstance(cause, ssl.SSLError | OSError):
+            parts.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    return " / ".join(parts)
+
+
+class EtcdStore(EtcdLeaseStore):
+    """KvStore over etcd's v3 JSON gateway (see the module docstring)."""
+
     def __init__(
         self,
-        endpoints: tuple[str, ...] | list[str] = ("http://localhost:2379",),
+        endpoints: Sequence[str] = (DEFAULT_ENDPOINT,),
         *,
         ttl: int = 30,
         startup_timeout: float = 120.0,
         recover: bool = True,
         username: str | None = None,
         password: str | None = None,
+        tls: TlsConfig | None = None,
         request_timeout: float = 5.0,
     ) -> None:
-        self.endpoints = [e.rstrip("/") for e in endpoints] or ["http://localhost:2379"]
-        self.ttl = max(int(ttl), 2)
-        self.startup_timeout = startup_timeout
-        self.recover = recover
-        self._auth = (username, password) if username else None
-        self._token: str | None = None
-        self._client = httpx.AsyncClient(timeout=request_timeout)
-        self._current = 0
-        self._lease: int | None = None
-        self._owned: dict[str, bytes] = {}
-        self._keepalive_task: asyncio.Task[None] | None = None
-        self._last_renewal = 0.0
-        self.renewals = 0
-        self.losses = 0
+        super().__init__(
+            endpoints,
+            ttl=ttl,
+            startup_timeout=startup_timeout,
+            recover=recover,
+            username=username,
+            password=password,
+            tls=tls,
+            request_timeout=request_timeout,
+        )
+        self._urls = [gateway_url(e, tls is not None) for e in self.endpoints]
+        verify: ssl.SSLContext | bool = tls.ssl_context() if tls is not None else True
+        # Our own deadlines bound each call; httpx's only guard the connect.
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(request_timeout, connect=min(request_timeout, 3.0)),
+            verify=verify,
+        )
+        self._headers: dict[str, str] = {}
 
-    @property
-    def instance_id(self) -> int:
-        if self._lease is None:
-            raise DiscoveryError("etcd store is not open")
-        return self._lease
-
-    @property
-    def backend(self) -> str:
-        return "etcd"
-
-    # --- transport --------------------------------------------------------
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        last: Exception | None = None
-        for attempt in range(len(self.endpoints)):
-            base = self.endpoints[(self._current + attempt) % len(self.endpoints)]
-            try:
-                headers = {"Authorization": self._token} if self._token else None
-                resp = await self._client.post(base + path, json=body, headers=headers)
-            except httpx.HTTPError as exc:
-                last = exc
-                continue
-            self._current = (self._current + attempt) % len(self.endpoints)
-            try:
-                data = resp.json()
-            except ValueError:
-                data = {}
-            if resp.status_code >= 400 or ("error" in data and "result" not in data):
-                message = str(data.get("message") or data.get("error") or resp.text)
-                if "lease not found" in message:
-                    raise LeaseNotFound(message)
-                if (
-                    resp.status_code == 401
-                    and self._auth is not None
-                    and path != "/v3/auth/authenticate"
-                ):
-                    await self._authenticate()
-                    return await self._post(path, body)
-                raise DiscoveryError(f"etcd {path} failed: {message}")
-            if not isinstance(data, dict):
-                raise DiscoveryError(f"etcd {path}: unexpected reply {data!r}")
+    # --- HTTP -----------------------------------------------------------------
+    async def _post(self, ep: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = self._urls[ep] + path
+        try:
+            resp = await self._client.post(url, json=body, headers=self._headers)
+        except (httpx.HTTPError, httpx.InvalidURL, ssl.SSLError, OSError) as exc:
+            raise DiscoveryUnavailable(f"{url}: {_describe(exc)}") from exc
+        except RuntimeError as exc:  # the client was closed underneath us
+            raise DiscoveryError(f"{url}: {exc}") from exc
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            if resp.status_code >= 500:
+                raise DiscoveryUnavailable(f"{url}: HTTP {resp.status_code}")
+            raise DiscoveryError(
+                f"etcd {path}: unexpected reply (HTTP {resp.status_code}): {resp.text[:200]!r}"
+            )
+        error = data.get("error")
+        if resp.status_code < 400 and (error is None or "result" in data):
             return data
-        raise DiscoveryUnavailable(f"etcd unreachable at {', '.join(self.endpoints)}: {last}")
+        # Unary errors: {"error": str, "code": int, "message": str}; streamed ones
+        # (keepalive) nest {"grpc_code", "http_code", "message"} under "error".
+        if isinstance(error, dict):
+            code = error.get("grpc_code")
+            message = str(error.get("message") or error)
+        else:
+            code = data.get("code")
+            message = str(data.get("message") or error or resp.text[:200])
+        self._raise(path, resp.status_code, code, message)
 
-    async def _authenticate(self) -> None:
-        assert self._auth is not None
-        self._token = None
-        user, password = self._auth
-        data = await self._post("/v3/auth/authenticate", {"name": user, "password": password or ""})
-        self._token = str(data.get("token", "")) or None
+    @staticmethod
+    def _raise(path: str, status: int, code: Any, message: str) -> NoReturn:
+        lowered = message.lower()
+        if "lease not found" in lowered:
+            raise LeaseNotFound(message)
+        if "lease already exists" in lowered:
+            raise LeaseExists(message)
+        if "authentication is not enabled" in lowered:
+            raise AuthNotEnabled(message)
+        if "authentication failed" in lowered:
+            raise DiscoveryError(f"etcd authentication failed: {message}")
+        if (
+            status in (401, 403)
+            or code in _AUTH_CODES
+            or "user name is empty" in lowered
+            or "invalid auth token" in lowered
+        ):
+            raise TokenRejected(message)
+        if "commonname" in lowered:
+            raise DiscoveryError(
+                f"etcd gateway refused the client certificate: {message} "
+                "(its gateway does not accept certificates with a CN)"
+            )
+        if status in (502, 503, 504) or code in _UNAVAILABLE_CODES:
+            raise DiscoveryUnavailable(f"etcd {path}: {message}")
+        raise DiscoveryError(f"etcd {path} failed (HTTP {status}): {message}")
 
-    # --- lease ------------------------------------------------------------
-    async def _grant(self, lease_id: int = 0) -> int:
-        body: dict[str, Any] = {"TTL": self.ttl}
+    # --- transport ops ----------------------------------------------------------
+    async def _t_authenticate(self, ep: int, user: str, password: str) -> str:
+        data = await self._post(ep, "/v3/auth/authenticate", {"name": user, "password": password})
+        token = data.get("token")
+        if not isinstance(token, str) or not token:
+            raise DiscoveryError(f"etcd authenticate returned no token: {data!r}")
+        return token
+
+    def _t_set_token(self, token: str | None) -> None:
+        self._headers = {"Authorization": token} if token else {}
+
+    async def _t_grant(self, ep: int, ttl: int, lease_id: int) -> int:
+        body: dict[str, Any] = {"TTL": ttl}
         if lease_id:
             body["ID"] = str(lease_id)
-        data = await self._post("/v3/lease/grant", body)
-        if data.get("error"):
-            raise DiscoveryError(f"lease grant failed: {data['error']}")
-        return int(data["ID"])
+        data = await self._post(ep, "/v3/lease/grant", body)
+        return _int_field(data, "ID")
 
-    async def open(self) -> int:
-        if self._lease is not None:
-            return self._lease
-        deadline = time.monotonic() + self.startup_timeout
-        delay = 1.0
-        while True:
-            try:
-                if self._auth is not None and self._token is None:
-                    await self._authenticate()
-                self._lease = await self._grant()
-                break
-            except DiscoveryUnavailable as exc:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DiscoveryUnavailable(
-                        f"could not connect to etcd within {self.startup_timeout:g}s: {exc}"
-                    ) from exc
-                logger.warning("etcd not reachable yet; retrying in %.0fs: %s", delay, exc)
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, 30.0)
-        self._last_renewal = time.monotonic()
-        self._keepalive_task = asyncio.create_task(self._keepalive_loop(), name="etcd-keepalive")
-        return self._lease
-
-    async def _keepalive_once(self) -> None:
-        data = await self._post("/v3/lease/keepalive", {"ID": str(self.instance_id)})
+    async def _t_keepalive(self, ep: int, lease_id: int) -> int:
+        data = await self._post(ep, "/v3/lease/keepalive", {"ID": str(lease_id)})
         result = data.get("result", data)
-        ttl = int(result.get("TTL", 0) or 0) if isinstance(result, dict) else 0
-        if ttl <= 0:
-            raise LeaseNotFound("keepalive reported no TTL")
-        self._last_renewal = time.monotonic()
-        self.renewals += 1
+        if not isinstance(result, dict):
+            raise DiscoveryError(f"etcd keepalive: unexpected reply {data!r}")
+        # A missing or zero TTL means etcd no longer knows the lease.
+        return _int_field(result, "TTL", 0)
 
-    async def _restore(self) -> None:
-        """Re-grant the same lease id and re-put every owned record."""
-        lease = self.instance_id
-        try:
-            await self._grant(lease)
-        except DiscoveryError as exc:
-            if "exist" not in str(exc):
-                raise
-        for key, value in list(self._owned.items()):
-            await self._put_raw(key, value)
-        self._last_renewal = time.monotonic()
+    async def _t_revoke(self, ep: int, lease_id: int) -> None:
+        await self._post(ep, "/v3/lease/revoke", {"ID": str(lease_id)})
 
-    async def _keepalive_loop(self) -> None:
-        interval = self.ttl / 2
-        while True:
-            await asyncio.sleep(interval if self._healthy() else 1.0)
-            try:
-                await self._keepalive_once()
-                continue
-            except LeaseNotFound:
-                self.losses += 1
-                logger.warning("etcd lease %x lost", self.instance_id)
-            except DiscoveryError as exc:
-                if time.monotonic() - self._last_renewal < self.ttl:
-                    logger.debug("etcd keepalive failed, retrying: %s", exc)
-                    continue
-                self.losses += 1
-                logger.error("Unable to maintain lease %x: %s", self.instance_id, exc)
-                if not self.recover:
-                    if self.on_lost is not None:
-                        await self.on_lost(f"lease unreachable for {self.ttl}s")
-                    return
-                continue
-            if not self.recover:
-                if self.on_lost is not None:
-                    await self.on_lost("lease lost")
-                return
-            try:
-                await self._restore()
-            except DiscoveryError as exc:
-                logger.warning("etcd re-registration failed, retrying: %s", exc)
-                continue
-            logger.info(
-                "etcd lease %x re-granted; %d records restored", self.instance_id, len(self._owned)
-            )
-            if self.on_recovered is not None:
-                await self.on_recovered("etcd lease re-granted")
-
-    def _healthy(self) -> bool:
-        return time.monotonic() - self._last_renewal < self.ttl / 2 + 1.0
-
-    # --- records ----------------------------------------------------------
-    async def _put_raw(self, key: str, value: bytes) -> None:
+    async def _t_put(self, ep: int, key: str, value: bytes, lease_id: int) -> None:
         await self._post(
-            "/v3/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(self.instance_id)}
+            ep, "/v3/kv/put", {"key": _b64(key), "value": _b64(value), "lease": str(lease_id)}
         )
 
-    async def put(self, key: str, value: bytes) -> None:
-        await self._put_raw(key, value)
-        self._owned[key] = value
+    async def _t_delete(self, ep: int, key: str) -> None:
+        await self._post(ep, "/v3/kv/deleterange", {"key": _b64(key)})
 
-    async def delete(self, key: str) -> None:
-        self._owned.pop(key, None)
-        await self._post("/v3/kv/deleterange", {"key": _b64(key)})
-
-    async def list(self, prefix: str) -> dict[str, bytes]:
+    async def _t_range(self, ep: int, prefix: str) -> dict[str, bytes]:
         raw = prefix.encode()
         data = await self._post(
-            "/v3/kv/range", {"key": _b64(raw), "range_end": _b64(_prefix_end(raw))}
+            ep, "/v3/kv/range", {"key": _b64(raw), "range_end": _b64(prefix_end(raw))}
         )
         out: dict[str, bytes] = {}
-        for kv in data.get("kvs", []) or []:
-            out[base64.b64decode(kv["key"]).decode()] = base64.b64decode(kv.get("value", ""))
+        kvs = data.get("kvs") or []
+        if not isinstance(kvs, list):
+            raise DiscoveryError(f"etcd range: unexpected reply {data!r}")
+        for kv in kvs:
+            if not isinstance(kv, dict):
+                raise DiscoveryError(f"etcd range: unexpected entry {kv!r}")
+            key = _unb64(kv.get("key")).decode(errors="replace")
+            out[key] = _unb64(kv.get("value"))
         return out
 
-    async def close(self) -> None:
-        task, self._keepalive_task = self._keepalive_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def _t_close(self) -> None:
         try:
-            if self._lease is not None:
-                await self._post("/v3/lease/revoke", {"ID": str(self._lease)})
-        except DiscoveryError as exc:
-            logger.warning("etcd lease revoke failed: %s", exc)
-        finally:
-            self._owned.clear()
-            await self._client.aclose()
+            async with asyncio.timeout(self.request_timeout):
+                await self._client.aclose()
+        except Exception as exc:  # closing must not fail the caller
+            logger.debug("closing the etcd HTTP client failed: %s", exc)
 
 
-__all__ = ["EtcdStore", "LeaseNotFound"]
+__all__ = ["EtcdStore", "LeaseNotFound", "gateway_url"]

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -27,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Self
@@ -473,11 +475,15 @@ class _Server:
         if self._proc is not None:
             self._proc.kill()
 
-    def restart(self, keep_data: bool = True, timeout: float | None = None) -> Self:
-        """Stop (gracefully) and start again on the same ports."""
+    def restart(
+        self, keep_data: bool = True, timeout: float | None = None, down_for: float = 0.0
+    ) -> Self:
+        """Stop (gracefully) and start again on the same ports, ``down_for`` seconds later."""
         self.stop()
         if not keep_data:
             self._wipe_data()
+        if down_for > 0:
+            time.sleep(down_for)
         return self.start(timeout)
 
     def close(self) -> None:
@@ -518,13 +524,23 @@ class _Server:
         self.close()
 
 
-def _http_json(method: str, url: str, body: Any = None, timeout: float = 1.0) -> tuple[int, Any]:
+def _http_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    timeout: float = 1.0,
+    *,
+    context: ssl.SSLContext | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         req.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as err:
         status, raw = err.code, err.read()
@@ -534,11 +550,81 @@ def _http_json(method: str, url: str, body: Any = None, timeout: float = 1.0) ->
         return status, raw.decode("utf-8", errors="replace")
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM files for an etcd serving TLS: a CA, the server's pair and a client pair
+    signed by the same CA (used for the readiness probe and by tests)."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+
+def make_test_pki(directory: Path, host: str = LOOPBACK) -> EtcdTls:
+    """Create a throwaway CA, a server certificate for ``host``/localhost and a
+    client certificate in ``directory`` with the ``openssl`` CLI."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise FileNotFoundError("openssl CLI not found (needed to make test certificates)")
+    directory.mkdir(parents=True, exist_ok=True)
+    d = directory
+
+    def run(*args: str) -> None:
+        res = subprocess.run([openssl, *args], capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} failed: {res.stderr.strip()}")
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"),
+        "-days", "2", "-subj", "/CN=dynlite-test-ca",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    for name, cn, ext in (
+        # etcd's own gateway dials its gRPC server presenting the server
+        # certificate, so that one must be good for client auth too.
+        (
+            "server",
+            "etcd",
+            f"subjectAltName=IP:{host},DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth",
+        ),
+        # No CN: etcd's JSON gateway refuses client certificates that carry one
+        # ("CommonName ... will be ignored"); gRPC clients do not mind.
+        ("client", "", "extendedKeyUsage=clientAuth"),
+    ):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run("req", "-new", *ec, "-keyout", str(d / f"{name}.key"),
+            "-out", str(d / f"{name}.csr"),
+            "-subj", f"/CN={cn}" if cn else "/O=dynlite-test")  # fmt: skip
+        run("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"),
+            "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
+            "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.pem"))  # fmt: skip
+    return EtcdTls(
+        ca=d / "ca.pem",
+        server_cert=d / "server.pem",
+        server_key=d / "server.key",
+        client_cert=d / "client.pem",
+        client_key=d / "client.key",
+    )
+
+
 class EtcdServer(_Server):
     """A single-member etcd cluster on 127.0.0.1.
 
     ``endpoint`` is the client URL (``http://127.0.0.1:<port>``); the v3 JSON
     gateway is served on the same port (``POST {endpoint}/v3/kv/put`` ...).
+
+    ``tls`` serves clients over TLS (``https://``) and, with ``client_cert_auth``
+    (default), requires a client certificate signed by ``tls.ca``. With
+    ``auth=("root", password)`` every start on an empty data dir creates the root
+    user and role and enables auth.
+    :meth:`call` talks to the gateway with whatever that needs.
     """
 
     kind = "etcd"
@@ -551,13 +637,22 @@ class EtcdServer(_Server):
         startup_timeout: float = 30.0,
         host: str = LOOPBACK,
         fsync: bool = False,
+        tls: EtcdTls | None = None,
+        client_cert_auth: bool = True,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(workdir, startup_timeout, host)
         self.binary = binary or etcd_binary()
         self.data_dir = self.workdir / "data"
         self.fsync = fsync
+        self.tls = tls
+        self.client_cert_auth = client_cert_auth
+        if auth is not None and auth[0] != "root":
+            raise ValueError("auth needs the root user (etcd refuses to enable auth without it)")
+        self.auth = auth
         self.client_port = 0
         self.peer_port = 0
+        self._token: str | None = None
         self._pick_ports()
 
     def _pick_ports(self) -> None:
@@ -565,7 +660,8 @@ class EtcdServer(_Server):
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -588,34 +684,107 @@ class EtcdServer(_Server):
             "--election-timeout", "250",
             "--log-level", "info",
         ]  # fmt: skip
+        if self.tls is not None:
+            argv += [
+                "--cert-file", str(self.tls.server_cert),
+                "--key-file", str(self.tls.server_key),
+                "--trusted-ca-file", str(self.tls.ca),
+            ]  # fmt: skip
+            if self.client_cert_auth:
+                argv.append("--client-cert-auth")
         if not self.fsync:
             # Data still survives a killed process (it sits in the page cache);
             # only a machine crash could lose it, which tests never simulate.
             argv.append("--unsafe-no-fsync")
         return argv
 
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        return None if self.tls is None else self.tls.client_context()
+
     def _wait_ready(self, proc: ManagedProcess, deadline: float) -> None:
         last: object = None
+        context = self._ssl_context()
         while True:
             if not proc.running:
                 raise RuntimeError(f"etcd exited with rc={proc.returncode}")
             try:
-                status, body = _http_json("GET", f"{self.endpoint}/health")
+                status, body = _http_json("GET", f"{self.endpoint}/health", context=context)
                 last = body
                 if status == 200 and isinstance(body, dict) and body.get("health") == "true":
-                    return
+                    break
             except (OSError, http.client.HTTPException) as err:
                 last = err
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"etcd /health not ready in time (last answer: {last!r})")
             time.sleep(0.05)
+        self._token = None
+        if self.auth is not None:
+            self._enable_auth()
+
+    def _enable_auth(self) -> None:
+        """Create root (user and role) and enable auth, unless the data dir has it."""
+        assert self.auth is not None
+        user, password = self.auth
+        status, body = self._raw("/v3/auth/authenticate", {"name": user, "password": password})
+        if status == 200:
+            return  # kept data: auth is already on
+        for path, req in (
+            ("/v3/auth/role/add", {"name": "root"}),
+            ("/v3/auth/user/add", {"name": user, "password": password}),
+            ("/v3/auth/user/grant", {"user": user, "role": "root"}),
+            ("/v3/auth/enable", {}),
+        ):
+            status, body = self._raw(path, req)
+            if status != 200:
+                raise RuntimeError(f"etcd {path} failed: {status} {body!r}")
+
+    def _raw(
+        self, path: str, body: Any, token: str | None = None, timeout: float = 5.0
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": token} if token else None
+        return _http_json(
+            "POST",
+            self.endpoint + path,
+            body,
+            timeout,
+            context=self._ssl_context(),
+            headers=headers,
+        )
+
+    def call(self, path: str, body: Any, timeout: float = 5.0) -> Any:
+        """POST ``body`` to a v3 gateway ``path`` (as root when auth is on) and
+        return the decoded reply; raises ``RuntimeError`` on an error reply."""
+        for _ in range(2):
+            if self.auth is not None and self._token is None:
+                status, reply = self._raw(
+                    "/v3/auth/authenticate", {"name": self.auth[0], "password": self.auth[1]}
+                )
+                if status != 200 or not isinstance(reply, dict):
+                    raise RuntimeError(f"etcd authenticate failed: {status} {reply!r}")
+                self._token = str(reply["token"])
+            status, reply = self._raw(path, body, self._token, timeout)
+            if status == 401 and self._token is not None:
+                self._token = None  # tokens do not survive a restart
+                continue
+            break
+        if status != 200:
+            raise RuntimeError(f"etcd {path} failed: {status} {reply!r}")
+        return reply
+
+    def lease_ttl(self, lease: int) -> tuple[int, list[str]]:
+        """Remaining TTL (-1 when the lease does not exist) and the keys on it."""
+        import base64
+
+        reply = self.call("/v3/lease/timetolive", {"ID": str(lease), "keys": True})
+        keys = [base64.b64decode(k).decode() for k in reply.get("keys", []) or []]
+        return int(reply.get("TTL", -1)), keys
 
     def _wipe_data(self) -> None:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def status(self) -> dict[str, Any]:
         """``POST /v3/maintenance/status`` (version, leader, db size, ...)."""
-        status, body = _http_json("POST", f"{self.endpoint}/v3/maintenance/status", {}, 5.0)
+        status, body = self._raw("/v3/maintenance/status", {})
         if status != 200 or not isinstance(body, dict):
             raise RuntimeError(f"etcd status failed: {status} {body!r}")
         return body

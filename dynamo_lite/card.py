@@ -107,6 +107,24 @@ _WORKER_TYPE = {
 }
 
 
+def worker_type(mode: DisaggregationMode) -> str:
+    """The card's ``worker_type`` for a role."""
+    return _WORKER_TYPE[mode]
+
+
+def needs(mode: DisaggregationMode, route_to_encoder: bool = False) -> list[list[str]]:
+    """The peer roles a worker needs before the frontend serves it (any one inner
+    list, all of its roles), as stock registers them."""
+    encoder = ["encode"] if route_to_encoder else []
+    if mode is DisaggregationMode.PREFILL:
+        return [["decode", *encoder]]
+    if mode is DisaggregationMode.DECODE:
+        return [["prefill"]]
+    if mode is DisaggregationMode.ENCODE:
+        return [["prefill", "decode"], ["aggregated"]]
+    return [encoder] if encoder else []
+
+
 @dataclass(frozen=True)
 class ModelFiles:
     """The checksummed files of a local model directory."""
@@ -157,7 +175,12 @@ def build_card(
     """The ``card_json`` object for ``v1/mdc/...``.
 
     ``url_for(file_name)`` switches file locations from local paths to URLs
-    (self-hosted metadata).
+    (self-hosted metadata). The role decides ``model_type``, ``worker_type``
+    and ``needs`` as in the stock captures (``tests/vectors/discovery/
+    stock_mdc_modes``): prefill registers the legacy ``Prefill`` model type
+    (not listed in ``/v1/models``), encode an empty one. ``enable_local_indexer``
+    is off unless asked for (dynamo_lite serves no KV query endpoint), and
+    always off for encode.
     """
     display = (
         worker.served_model_name or engine.served_model_name or engine.model or worker.model_name
@@ -182,6 +205,9 @@ def build_card(
         location = url_for(name) if url_for is not None else str(path)
         card[field_name] = {variant: {"path": location, "checksum": checksum, "size": size}}
     context_length = llm.context_length or files.max_position_embeddings or DEFAULT_CONTEXT_LENGTH
+    runtime_data = dict(engine.runtime_data or {})
+    if worker.route_to_encoder:
+        runtime_data["encoder_result_handoff"] = True
     if files.max_position_embeddings is not None:
         card["architectural_max_context_length"] = files.max_position_embeddings
     card.update(
@@ -195,8 +221,8 @@ def build_card(
                 if isinstance(worker.model_input, ModelInput)
                 else str(worker.model_input)
             ),
-            "worker_type": _WORKER_TYPE[mode],
-            "needs": [],
+            "worker_type": worker_type(mode),
+            "needs": needs(mode, worker.route_to_encoder),
             "runtime_config": {
                 "context_length": context_length,
                 "total_kv_blocks": llm.total_kv_blocks,
@@ -211,13 +237,24 @@ def build_card(
                 "exclude_tools_when_tool_choice_none": worker.exclude_tools_when_tool_choice_none,
                 "data_parallel_start_rank": llm.data_parallel_start_rank or 0,
                 "data_parallel_size": llm.data_parallel_size or 1,
-                "enable_local_indexer": enable_local_indexer,
-                "enable_eagle": llm.enable_eagle,
+                "enable_local_indexer": (
+                    enable_local_indexer and mode is not DisaggregationMode.ENCODE
+                ),
             },
             "media_decoder": None,
             "media_fetcher": None,
         }
     )
+    runtime = card["runtime_config"]
+    # Stock order: runtime_data, then the bootstrap address, then enable_eagle.
+    if runtime_data:
+        runtime["runtime_data"] = runtime_data
+    if llm.bootstrap_host and llm.bootstrap_port is not None:
+        runtime["disaggregated_endpoint"] = {
+            "bootstrap_host": llm.bootstrap_host,
+            "bootstrap_port": llm.bootstrap_port,
+        }
+    runtime["enable_eagle"] = llm.enable_eagle
     if engine.model_aliases:
         card["aliases"] = list(engine.model_aliases)
     return card

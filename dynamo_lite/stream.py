@@ -5,17 +5,33 @@ is encoded. The contract (always on, unlike the stock debug-only validator):
 
 * a chunk is a dict with ``token_ids`` (a list of ints) and an int ``index``
   (default 0); ``finish_reason``, when present, is one of the exact,
-  case-sensitive stock strings;
+  case-sensitive stock strings (:data:`FINISH_REASONS`), ``"error"`` or
+  ``"error: <message>"``;
 * exactly one terminal (a chunk with ``finish_reason``) ends the stream;
-* chunks after the terminal are dropped, logged once and counted;
-* a malformed chunk or an unknown finish reason ends the stream with a typed
-  error item that says what was wrong (stock answers a bare HTTP 400);
-* a stream that ends without a terminal gets an explicit error terminal
-  (stock ends it silently, or answers an empty 200).
+* chunks after the terminal are dropped, logged once and counted.
 
-``finish_reason`` is normalised on the way out: ``abort`` → ``cancelled``;
-``error`` / ``error: <msg>`` become an error item. With
-``DYN_LITE_STREAM_DEBUG=1`` (or ``strict=True``) every violation raises
+Finish reasons go out as stock sends them: ``abort`` → ``cancelled``;
+``"error"`` / ``"error: <message>"`` become the wire's error finish reason
+``{"error": "<message>"}`` (the message verbatim after ``"error: "``; a bare
+``"error"`` gets stock's "backend emitted finish_reason=error without a
+message"), which the frontend answers with 500 "Internal server error" and
+logs with the message. Anything else — ``"STOP"``, ``"tool_calls"``,
+``""``, ``"error:x"`` — is a contract violation.
+
+Violations, where we deliberately differ from stock:
+
+* a malformed chunk or an unknown finish reason ends the stream with an
+  ``Internal`` error item naming what was wrong, logged at ERROR here and
+  shown in the frontend's log as the diagnostic. The client sees 500
+  "Internal server error"; stock answers 400 "Invalid request", which
+  blames the client's request for an engine bug and invites it to give up
+  rather than retry or report it;
+* a stream that ends without a terminal gets the same kind of error item
+  (500). Stock ends it silently: the client gets 200 with
+  ``finish_reason: null`` and cannot tell a truncated answer from a
+  complete one.
+
+With ``DYN_LITE_STREAM_DEBUG=1`` (or ``strict=True``) every violation raises
 :class:`StreamContractError` instead, for tests.
 """
 
@@ -38,6 +54,10 @@ FINISH_REASONS: dict[str, str] = {
     "abort": "cancelled",
     "content_filter": "content_filter",
 }
+
+#: Stock's text for a bare ``"error"`` finish reason.
+ERROR_WITHOUT_MESSAGE = "backend emitted finish_reason=error without a message"
+_ERROR_PREFIX = "error: "
 
 #: Chunk keys forwarded into ``LLMEngineOutput``; anything else is ignored.
 OUTPUT_KEYS = frozenset(
@@ -62,6 +82,11 @@ OUTPUT_KEYS = frozenset(
         "routing_data",
     }
 )
+
+
+def is_known_finish_reason(value: str) -> bool:
+    """True for the engine finish_reason strings 1.6.1 accepts (exact, case-sensitive)."""
+    return value in FINISH_REASONS or value == "error" or value.startswith(_ERROR_PREFIX)
 
 
 class StreamContractError(DynamoException):
@@ -90,7 +115,9 @@ class StreamValidator:
         if self.strict:
             raise StreamContractError(message)
         self.terminal = True
-        return WireError("Unknown", f"engine stream contract violation: {message}")
+        text = f"engine stream contract violation: {message}"
+        logger.error("%s; ending the request with an error", text)
+        return WireError("Unknown", text)
 
     def accept(self, chunk: Any) -> dict[str, Any] | WireError | None:
         """The wire output for ``chunk``, an error terminal, or None to drop it."""
@@ -136,16 +163,17 @@ class StreamValidator:
         if not isinstance(reason, str):
             return self._violation(f"finish_reason is {reason!r}, not a string")
         wire = FINISH_REASONS.get(reason)
-        if wire is None:
-            if reason == "error" or reason.startswith("error:"):
-                self.terminal = True
-                detail = reason[6:].strip() if reason.startswith("error:") else ""
-                return WireError("Unknown", detail or "engine reported finish_reason 'error'")
+        if wire is not None:
+            out["finish_reason"] = wire
+        elif is_known_finish_reason(reason):
+            detail = reason[len(_ERROR_PREFIX) :] if reason != "error" else ERROR_WITHOUT_MESSAGE
+            logger.warning("engine ended a request with finish_reason error: %s", detail)
+            out["finish_reason"] = {"error": detail}
+        else:
             return self._violation(
                 f"unknown finish_reason {reason!r} (expected one of "
                 f"{', '.join(sorted(FINISH_REASONS))}, 'error' or 'error: <message>')"
             )
-        out["finish_reason"] = wire
         self.terminal = True
         return out
 

@@ -7,7 +7,14 @@ file named by ``PROBE_EVENTS``, so a test can count them from outside. Magic
 
 * 777 → raise ``InvalidArgument`` before the first token;
 * 778 → raise ``ValueError`` mid-stream (after 2 tokens);
-* 779 → raise ``RuntimeError`` before the first token.
+* 779 → raise ``RuntimeError`` before the first token;
+* the fault table of ``faults.py`` (1000…1214), shared with the stock-SDK
+  ``stock_fault_engine.py`` so both workers misbehave identically.
+
+``--disaggregation-mode`` plays the role the way the stock sample engine
+does: prefill clamps to one token and hands ``disaggregated_params`` to the
+decode peer on its terminal chunk, decode requires a ``prefill_result``
+(canary probes excepted), encode answers with one ``encoder_result`` chunk.
 
 With ``PROBE_REPORT_MODULES=1`` ``cleanup()`` records every loaded extension
 module (the pure-mode test checks none is third-party compiled code).
@@ -25,7 +32,25 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-from dynamo_lite import Context, GenerateChunk, GenerateRequest, InvalidArgument, run
+import dynamo_lite
+from dynamo_lite import (
+    Context,
+    DisaggregationMode,
+    GenerateChunk,
+    GenerateRequest,
+    InvalidArgument,
+    WorkerConfig,
+    run,
+)
+from dynamo_lite.disagg import (
+    encoder_terminal_chunk,
+    enforce_prefill_max_tokens,
+    is_probe,
+    require_prefill_result,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import faults
 
 _SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample_engine.py"
 _spec = importlib.util.spec_from_file_location("probe_sample_engine", _SAMPLE)
@@ -53,6 +78,14 @@ def loaded_extension_modules() -> list[str]:
 
 
 class ProbeEngine(_sample.SampleEngine):  # type: ignore[misc,name-defined]
+    mode = DisaggregationMode.AGGREGATED
+
+    @classmethod
+    async def from_args(cls, argv: list[str] | None = None) -> tuple[Any, WorkerConfig]:
+        engine, config = await super().from_args(argv)
+        engine.mode = config.disaggregation_mode
+        return engine, config
+
     async def start(self, worker_id: int) -> Any:
         record("start", worker_id=worker_id)
         return await super().start(worker_id)
@@ -61,7 +94,28 @@ class ProbeEngine(_sample.SampleEngine):  # type: ignore[misc,name-defined]
         self, request: GenerateRequest, context: Context
     ) -> AsyncGenerator[GenerateChunk, None]:
         max_tokens = (request.get("stop_conditions") or {}).get("max_tokens")
-        record("generate", id=context.id(), max_tokens=max_tokens)
+        prefill_result = request.get("prefill_result")
+        record(
+            "generate",
+            id=context.id(),
+            max_tokens=max_tokens,
+            mode=self.mode.value,
+            prefill_result=prefill_result,
+        )
+        if faults.is_fault(max_tokens):
+            async for fault_chunk in faults.fault_stream(max_tokens, dynamo_lite):
+                yield fault_chunk
+            return
+        if self.mode is DisaggregationMode.ENCODE:
+            prompt = len(request.get("token_ids") or [])
+            usage = {"prompt_tokens": prompt, "completion_tokens": 0, "total_tokens": prompt}
+            result = {"handle": f"probe-encoder:{context.id()}"}
+            yield encoder_terminal_chunk(result, completion_usage=usage)
+            return
+        if self.mode is DisaggregationMode.DECODE and not is_probe(request):
+            require_prefill_result(request, self.mode)
+        if self.mode is DisaggregationMode.PREFILL:
+            enforce_prefill_max_tokens(request)
         if max_tokens == 777:
             raise InvalidArgument("probe: 777 is not an acceptable max_tokens")
         if max_tokens == 779:
@@ -71,9 +125,18 @@ class ProbeEngine(_sample.SampleEngine):  # type: ignore[misc,name-defined]
             n += 1
             if max_tokens == 778 and n == 3:
                 raise ValueError("probe: mid-stream value error")
+            if self.mode is DisaggregationMode.PREFILL and chunk.get("finish_reason"):
+                chunk["disaggregated_params"] = {
+                    "probe_handle": context.id(),
+                    "completed_tokens": list(chunk["token_ids"]),
+                }
             yield chunk
             if chunk.get("finish_reason"):
                 record("terminal", id=context.id(), finish_reason=chunk["finish_reason"])
+
+    async def is_quiescent(self) -> bool | None:
+        # A prefill worker is quiescent once no request (and so no KV handoff) is running.
+        return self.active == 0
 
     async def abort(self, context: Context) -> None:
         record("abort", id=context.id(), stopped=context.is_stopped(), killed=context.is_killed())

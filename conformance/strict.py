@@ -18,6 +18,8 @@ from typing import Any
 
 from dynamo_lite import Context
 from dynamo_lite.engine import GenerateChunk
+from dynamo_lite.stream import FINISH_REASONS as STREAM_FINISH_REASONS
+from dynamo_lite.stream import is_known_finish_reason
 
 from . import failures as F
 from .checks import (
@@ -54,9 +56,7 @@ __all__ = [
 ]
 
 #: finish_reason strings 1.6.1 parses (exact case); "error: <msg>" is matched by prefix.
-FINISH_REASONS = frozenset(
-    {"stop", "eos", "length", "cancelled", "abort", "content_filter", "error"}
-)
+FINISH_REASONS = frozenset({*STREAM_FINISH_REASONS, "error"})
 
 #: Optional in-flight probes an engine may expose for the drop-safety check,
 #: tried in this order: an int attribute, or a method (sync or async)
@@ -264,9 +264,8 @@ async def _sample_streams(s: Session) -> list[tuple[str, list[Any]]]:
 
 
 def _valid_finish_reason(value: object) -> bool:
-    return value is None or (
-        isinstance(value, str) and (value in FINISH_REASONS or value.startswith("error:"))
-    )
+    # One definition with the worker's validator: stock rejects "error:x" (no space).
+    return value is None or (isinstance(value, str) and is_known_finish_reason(value))
 
 
 async def check_finish_reason_vocabulary(s: Session) -> str | None:

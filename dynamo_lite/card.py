@@ -134,9 +134,17 @@ class ModelFiles:
     max_position_embeddings: int | None
 
     @classmethod
-    def scan(cls, directory: str | Path) -> ModelFiles:
+    def scan(cls, directory: str | Path, *, tokens: bool = True) -> ModelFiles:
+        """Checksum the card files of ``directory``.
+
+        Token engines need ``config.json`` and ``tokenizer.json``; raw engines
+        (``tokens=False``) have no token pipeline, so every file is optional and
+        a model name that is not a local directory gives a card without files.
+        """
         root = Path(directory).expanduser()
         if not root.is_dir():
+            if not tokens:
+                return cls(root, {}, None)
             raise ModelCardError(
                 f"model {str(directory)!r} is not a local directory; dynamo_lite builds the card "
                 "from local files (config.json, tokenizer.json, tokenizer_config.json) and does "
@@ -147,20 +155,21 @@ class ModelFiles:
         for _field, _variant, name, required in CARD_FILES:
             path = root / name
             if not path.is_file():
-                if required:
+                if required and tokens:
                     raise ModelCardError(f"model directory {root} has no {name}")
                 continue
             checksum, size = file_checksum(path)
             files[name] = (path, checksum, size)
         max_pos: int | None = None
-        try:
-            cfg = json.loads(files["config.json"][0].read_text())
-            for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-                if isinstance(cfg.get(key), int):
-                    max_pos = cfg[key]
-                    break
-        except (OSError, ValueError, AttributeError):
-            raise ModelCardError(f"{root / 'config.json'} is not a JSON object") from None
+        if "config.json" in files:
+            try:
+                cfg = json.loads(files["config.json"][0].read_text())
+                for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+                    if isinstance(cfg.get(key), int):
+                        max_pos = cfg[key]
+                        break
+            except (OSError, ValueError, AttributeError):
+                raise ModelCardError(f"{root / 'config.json'} is not a JSON object") from None
         return cls(root, files, max_pos)
 
 

@@ -31,15 +31,22 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import telemetry
 from .context import Context
 from .engine import BaseEngine
 from .errors import EngineShutdown, InvalidArgument, WireError, classify
+from .metrics import (
+    Histogram,
+    first_response_histogram,
+    network_transit_histogram,
+    request_duration_histogram,
+)
 from .protocol import codec as wire_codec
 from .protocol import control, items, twopart
 from .protocol import request_plane as rp
 from .protocol.codec import Codec
 from .protocol.errors import ProtocolError
-from .stream import StreamValidator
+from .stream import RawStreamValidator, StreamValidator
 from .tasks import TaskSet
 from .transport.response_stream import ResponseStream, open_stream
 
@@ -67,7 +74,12 @@ class EndpointStats:
     dropped_chunks: int = 0
     request_bytes: int = 0
     response_bytes: int = 0
-    durations: list[float] = field(default_factory=list)
+    #: Refused with "Server overloaded" (a subset of ``rejected``).
+    overloaded: int = 0
+    #: Per-request histograms, rendered at scrape time by :mod:`dynamo_lite.metrics`.
+    duration: Histogram = field(default_factory=request_duration_histogram)
+    transit: Histogram = field(default_factory=network_transit_histogram)
+    first_response: Histogram = field(default_factory=first_response_histogram)
 
 
 class _Request:
@@ -83,6 +95,7 @@ class _Request:
         "signal",
         "stream",
         "task",
+        "validator",
     )
 
     def __init__(self, ctx: Context, codec: Codec) -> None:
@@ -95,6 +108,8 @@ class _Request:
         self.kill_cancelled = False
         self.cut_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
+        #: Set when the engine's stream starts; its chunk count is what the stall detector reads.
+        self.validator: StreamValidator | None = None
 
 
 class Endpoint:
@@ -116,6 +131,8 @@ class Endpoint:
         self.tasks = TaskSet(f"endpoint {name}")
         self._aborts = TaskSet(f"endpoint {name} abort")
         self.unavailable_detail = "worker is not serving"
+        #: ``agg``/``prefill``/``decode``/``encode``: the ``disagg_role`` of trace spans.
+        self.disagg_role = "agg"
         #: TLS for call-home connections (``DYN_TCP_TLS_CA_CERT_PATH`` & co).
         self.call_home_ssl: ssl.SSLContext | None = None
         #: A frontend that stops reading for this long is treated as gone.
@@ -142,6 +159,7 @@ class Endpoint:
             return rp.UNAVAILABLE_PREFIX + self.unavailable_detail
         if len(self.requests) >= self.max_inflight:
             self.stats.rejected += 1
+            self.stats.overloaded += 1
             return rp.OVERLOADED_PREFIX + "worker at capacity"
         try:
             message = twopart.decode(payload)
@@ -157,6 +175,10 @@ class Endpoint:
             logger.warning("rejecting malformed request: %s", exc)
             self.stats.rejected += 1
             return rp.UNAVAILABLE_PREFIX + f"malformed request: {exc}"
+        sent_ns = headers.get("x-frontend-send-ts-ns")
+        if sent_ns:
+            with contextlib.suppress(ValueError):
+                self.stats.transit.observe(max(0, time.time_ns() - int(sent_ns)) / 1e9)
         ctx = Context(ctl.id, ctl.metadata, trace_headers=headers)
         req = _Request(ctx, codec)
         self.requests[ctl.id] = req
@@ -194,7 +216,7 @@ class Endpoint:
         try:
             await self.engine.abort(ctx)
         except Exception as exc:
-            logger.debug("engine.abort raised; ignoring: %r", exc)
+            logger.warning("engine.abort raised; ignoring: %r", exc)
 
     async def _serve(
         self, req: _Request, address: tuple[str, int], subject: str, body: bytes
@@ -212,6 +234,7 @@ class Endpoint:
             except (OSError, TimeoutError) as exc:
                 logger.warning("cannot call home to %s:%d: %s", *address, exc)
                 return
+            self.stats.first_response.observe(time.monotonic() - started)
             try:
                 await self._pump(req, body)
             except asyncio.CancelledError:
@@ -226,9 +249,7 @@ class Endpoint:
                 req.stream.close()
             self.requests.pop(req.ctx.id(), None)
             self.stats.inflight -= 1
-            self.stats.durations.append(time.monotonic() - started)
-            if len(self.stats.durations) > 4096:
-                del self.stats.durations[:2048]
+            self.stats.duration.observe(time.monotonic() - started)
 
     def _end(self, req: _Request, error: WireError | None) -> None:
         stream = req.stream
@@ -270,7 +291,9 @@ class Endpoint:
         except Exception as exc:
             self._end(req, classify(exc))
             return
-        validator = StreamValidator()
+        if telemetry.active():
+            agen = telemetry.traced(agen, request, ctx, raw=self.raw, role=self.disagg_role)
+        validator = req.validator = RawStreamValidator() if self.raw else StreamValidator()
         output_frame = items.output_frame
         error: WireError | None = None
         try:

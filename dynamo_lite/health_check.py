@@ -78,9 +78,7 @@ def load_health_check_from_env(
         logger.warning("Failed to parse %s: %s", env_var, exc)
         return None
     if not isinstance(parsed, dict):
-        logger.warning(
-            "%s must be a JSON object (dict). Got: %s", env_var, type(parsed).__name__
-        )
+        logger.warning("%s must be a JSON object (dict). Got: %s", env_var, type(parsed).__name__)
         return None
     return parsed
 

@@ -1,126 +1,262 @@
 """Logging for ``run()``: stdlib loggers in the library, structlog rendering here.
 
-``DYN_LOG`` follows the stock filter syntax: a default level, optionally
-followed by comma-separated ``target=level`` directives
-(``DYN_LOG="warn,dynamo_lite.endpoint=debug"``). ``DYN_LOGGING_JSONL=1``
-(or ``DYN_LOGGING_CONSOLE_FORMAT=jsonl``) prints one JSON object per line.
+The library only ever calls :mod:`logging`; :func:`configure_logging` (called
+by :func:`dynamo_lite.run`) installs one handler on the root logger whose
+structlog formatter renders every record — the library's, the engine's and
+any ``structlog.get_logger()`` output — the way the stock worker does:
+
+``DYN_LOG``
+    The stock filter (tracing's ``EnvFilter`` syntax): comma-separated
+    directives, each a level (``info``; the default level), ``target=level``
+    or a bare ``target`` (everything from it). Levels are ``trace``,
+    ``debug``, ``info``, ``warn``, ``error``, ``off`` (any case, or ``0`` to ``5``).
+    Targets are logger names; Rust paths work too (``a::b`` is ``a.b``), and
+    the stock targets ``dynamo_backend_common`` / ``…::worker`` /
+    ``…::adapter`` and ``dynamo_runtime`` select the matching dynamo_lite
+    loggers. Unparsable directives are skipped with a warning (as stock's
+    lossy parse does). Default ``info``; ``httpx``/``httpcore`` are kept at
+    ``warn`` and ``nats`` at ``error`` unless a directive names them.
+``DYN_LOGGING_JSONL=1`` (or ``DYN_LOGGING_CONSOLE_FORMAT=jsonl``)
+    One JSON object per line with the stock keys, in the stock order:
+    ``time`` (UTC, microseconds, ``Z``), ``level`` (``ERROR``/``WARN``/
+    ``INFO``/``DEBUG``/``TRACE``), ``file``, ``line``, ``target`` (the logger
+    name), ``message``, then the record's fields sorted by name (``extra=``
+    values, structlog key/values, ``exception`` with the traceback).
+``DYN_LOG_USE_LOCAL_TZ=1``
+    Local time with its UTC offset instead of UTC.
+
+Otherwise each record is one readable line; a lifecycle transition (a record
+with ``from_state``/``to_state``) reads ``lifecycle  serving → grace
+(SIGTERM, +6.848s)``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import os
 import sys
 from collections.abc import Mapping
+from typing import Any, TextIO
 
 import structlog
 
+__all__ = ["TRACE", "configure_logging", "parse_dyn_log"]
+
+#: Python has no TRACE level; stock's ``trace`` lets everything through.
+TRACE = 5
+OFF = logging.CRITICAL + 10
+logging.addLevelName(TRACE, "TRACE")
+
 _LEVELS = {
-    "trace": logging.DEBUG,
+    "trace": TRACE,
     "debug": logging.DEBUG,
     "info": logging.INFO,
     "warn": logging.WARNING,
     "warning": logging.WARNING,
     "error": logging.ERROR,
-    "off": logging.CRITICAL + 10,
+    "off": OFF,
+    "0": OFF,
+    "1": logging.ERROR,
+    "2": logging.WARNING,
+    "3": logging.INFO,
+    "4": logging.DEBUG,
+    "5": TRACE,
+}
+
+#: Stock target names → the dynamo_lite loggers that do that job.
+TARGET_ALIASES = {
+    "dynamo_backend_common": "dynamo_lite",
+    "dynamo_backend_common.worker": "dynamo_lite.worker",
+    "dynamo_backend_common.adapter": "dynamo_lite.endpoint",
+    "dynamo_runtime": "dynamo_lite",
+}
+
+#: Chatty libraries, quiet unless a directive names them (stock does the same for its crates).
+DEFAULT_TARGETS = {"httpx": logging.WARNING, "httpcore": logging.WARNING, "nats": logging.ERROR}
+
+#: Stock's level words.
+_LEVEL_NAMES = {
+    TRACE: "TRACE",
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARN",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "ERROR",
 }
 
 # Record attributes that are not user-supplied "extra" fields.
-_STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
-def parse_dyn_log(spec: str | None) -> tuple[int, dict[str, int]]:
-    """``"warn,dynamo_lite.endpoint=debug"`` → (WARNING, {"dynamo_lite.endpoint": DEBUG})."""
+def _level(word: str) -> int | None:
+    return _LEVELS.get(word.strip().lower())
+
+
+def parse_dyn_log(spec: str | None) -> tuple[int, dict[str, int], list[str]]:
+    """``"warn,dynamo_lite.endpoint=debug"`` → (WARNING, {"dynamo_lite.endpoint": DEBUG}, []).
+
+    The third item lists the directives that were skipped as invalid.
+    """
     default = logging.INFO
     targets: dict[str, int] = {}
+    invalid: list[str] = []
     for part in (spec or "").split(","):
         part = part.strip()
         if not part:
             continue
-        if "=" in part:
-            target, _, level = part.partition("=")
-            if level.strip().lower() in _LEVELS:
-                # Rust-style paths (a::b) name Python loggers (a.b).
-                targets[target.strip().replace("::", ".")] = _LEVELS[level.strip().lower()]
-        elif part.lower() in _LEVELS:
-            default = _LEVELS[part.lower()]
-    return default, targets
+        target, sep, word = part.partition("=")
+        target = target.strip()
+        if not sep:
+            level = _level(part)
+            if level is not None:
+                default = level
+                continue
+            word = "trace"  # a bare target enables everything from it
+        level = _level(word)
+        if level is None or not target or "[" in target or "{" in target:
+            invalid.append(part)
+            continue
+        name = target.replace("::", ".")
+        targets[TARGET_ALIASES.get(name, name)] = level
+    return default, targets, invalid
 
 
-def _add_extras(
-    _: object, __: str, event_dict: structlog.types.EventDict
-) -> structlog.types.EventDict:
-    record = event_dict.get("_record")
-    if isinstance(record, logging.LogRecord):
-        for key, value in vars(record).items():
-            if key not in _STD_ATTRS and not key.startswith("_") and key not in event_dict:
-                event_dict[key] = value
-        event_dict.setdefault("target", record.name)
-    return event_dict
+def _timestamp(created: float, local: bool) -> str:
+    if local:
+        return dt.datetime.fromtimestamp(created).astimezone().isoformat(timespec="microseconds")
+    utc = dt.datetime.fromtimestamp(created, dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-_LIFECYCLE_KEYS = (
-    "from_state",
-    "to_state",
-    "reason",
-    "elapsed",
-    "event",
-    "level",
-    "time",
-    "target",
-)
+def _stock_shape(local_tz: bool) -> structlog.types.Processor:
+    """Rebuild the event dict in the stock order: time, level, file, line, target, message."""
+
+    def shape(
+        _: object, __: str, event_dict: structlog.types.EventDict
+    ) -> structlog.types.EventDict:
+        record = event_dict.pop("_record", None)
+        event_dict.pop("_from_structlog", None)
+        message = event_dict.pop("event", "")
+        exc_info = event_dict.pop("exc_info", None)
+        stack = event_dict.pop("stack_info", None)
+        fields: dict[str, Any] = {}
+        if isinstance(record, logging.LogRecord):
+            for key, value in vars(record).items():
+                if key not in _STD_ATTRS and not key.startswith("_"):
+                    fields[key] = value
+        for key, value in event_dict.items():
+            if not key.startswith("_"):
+                fields[key] = value
+        if exc_info is True:
+            exc_info = sys.exc_info()
+        if isinstance(exc_info, BaseException):
+            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+        if isinstance(exc_info, tuple) and exc_info[0] is not None:
+            fields["exception"] = logging.Formatter().formatException(exc_info)
+        if isinstance(stack, str):
+            fields["stack"] = stack
+        if isinstance(record, logging.LogRecord):
+            head: dict[str, Any] = {
+                "time": _timestamp(record.created, local_tz),
+                "level": _LEVEL_NAMES.get(record.levelno, record.levelname),
+                "file": record.pathname,
+                "line": record.lineno,
+                "target": record.name,
+            }
+        else:
+            now = dt.datetime.now(dt.UTC).timestamp()
+            head = {"time": _timestamp(now, local_tz), "level": "INFO", "target": ""}
+        out: dict[str, Any] = {**head, "message": str(message)}
+        for key in sorted(fields):
+            if key not in out:
+                out[key] = fields[key]
+        return out
+
+    return shape
+
+
+def render_jsonl(_: object, __: str, event_dict: structlog.types.EventDict) -> str:
+    return json.dumps(event_dict, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+_HEAD_KEYS = ("time", "level", "file", "line", "target", "message")
+_LIFECYCLE_KEYS = frozenset({"from_state", "to_state", "reason", "elapsed", "event"})
 
 
 def render_console(_: object, __: str, event_dict: structlog.types.EventDict) -> str:
     """One readable line per record; lifecycle transitions get their own shape.
 
-    ``12:00:01.234 INFO  lifecycle  serving → grace  (SIGTERM, +6.848s)``
+    ``2026-01-01T12:00:01.234567Z INFO  lifecycle  serving → grace  (SIGTERM, +6.848s)``
     """
-    time_ = str(event_dict.pop("time", ""))[11:23]
-    level = str(event_dict.pop("level", "")).upper()
-    target = str(event_dict.pop("target", ""))
-    event = str(event_dict.pop("event", ""))
-    exc = event_dict.pop("exception", None)
-    if "from_state" in event_dict and "to_state" in event_dict:
+    time_ = str(event_dict.get("time", ""))
+    level = str(event_dict.get("level", ""))
+    target = str(event_dict.get("target", ""))
+    message = str(event_dict.get("message", ""))
+    rest = {k: v for k, v in event_dict.items() if k not in _HEAD_KEYS}
+    exc = rest.pop("exception", None)
+    if "from_state" in rest and "to_state" in rest:
         head = (
-            f"lifecycle  {event_dict['from_state']} → {event_dict['to_state']}"
-            f"  ({event_dict['reason']}, +{float(event_dict['elapsed']):.3f}s)"
+            f"lifecycle  {rest['from_state']} → {rest['to_state']}"
+            f"  ({rest.get('reason')}, +{float(rest.get('elapsed') or 0):.3f}s)"
         )
-        rest = {k: v for k, v in event_dict.items() if k not in _LIFECYCLE_KEYS}
+        rest = {k: v for k, v in rest.items() if k not in _LIFECYCLE_KEYS}
     else:
-        head = f"{target.removeprefix('dynamo_lite.')}: {event}" if target else event
-        rest = dict(event_dict)
-    extras = " ".join(f"{k}={v}" for k, v in rest.items() if not k.startswith("_"))
+        head = f"{target.removeprefix('dynamo_lite.')}: {message}" if target else message
+    extras = " ".join(f"{k}={v}" for k, v in rest.items())
     line = f"{time_} {level:<5} {head}" + (f"  {extras}" if extras else "")
     return line + (f"\n{exc}" if exc else "")
 
 
-def configure_logging(env: Mapping[str, str] | None = None, stream: object = None) -> None:
+#: Loggers a previous configure_logging() gave a level, reset by the next one.
+_configured: set[str] = set()
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def configure_logging(env: Mapping[str, str] | None = None, stream: TextIO | None = None) -> None:
+    """Install the worker's log handler on the root logger (idempotent)."""
     env = os.environ if env is None else env
-    default, targets = parse_dyn_log(env.get("DYN_LOG"))
-    jsonl = env.get("DYN_LOGGING_JSONL", "").lower() in ("1", "true") or (
-        env.get("DYN_LOGGING_CONSOLE_FORMAT", "").lower() == "jsonl"
+    default, targets, invalid = parse_dyn_log(env.get("DYN_LOG"))
+    jsonl = _truthy(env.get("DYN_LOGGING_JSONL")) or (
+        (env.get("DYN_LOGGING_CONSOLE_FORMAT") or "").strip().lower() == "jsonl"
     )
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if jsonl else render_console
-    )
-    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True, key="time")
+    shape = _stock_shape(_truthy(env.get("DYN_LOG_USE_LOCAL_TZ")))
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_log_level, timestamper, _add_extras],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        foreign_pre_chain=[],
+        processors=[shape, render_jsonl if jsonl else render_console],
+        pass_foreign_args=False,
     )
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
+    handler._dynamo_lite = True  # type: ignore[attr-defined]
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_dynamo_lite", False):
             root.removeHandler(old)
-    handler._dynamo_lite = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(default)
-    for target, level in targets.items():
-        logging.getLogger(target).setLevel(level)
+    for name in _configured - targets.keys():
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    for name, level in {**DEFAULT_TARGETS, **targets}.items():
+        logging.getLogger(name).setLevel(level)
+        _configured.add(name)
+    # structlog loggers (an engine's) go through the same handler.
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    for directive in invalid:
+        logging.getLogger(__name__).warning("DYN_LOG: ignoring invalid directive %r", directive)

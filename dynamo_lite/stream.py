@@ -183,3 +183,24 @@ class StreamValidator:
             return None
         what = "without a terminal chunk" if self.chunks else "without yielding any chunk"
         return self._violation(f"stream ended {what}")
+
+
+class RawStreamValidator(StreamValidator):
+    """The raw-engine contract: each item is a JSON object, forwarded untouched.
+
+    Raw engines (images, video, audio) have no token pipeline and no terminal
+    marker; the stream simply ends after the last object.
+    """
+
+    __slots__ = ()
+
+    def accept(self, chunk: Any) -> dict[str, Any] | WireError | None:
+        if type(chunk) is not dict:
+            return self._violation(f"raw engine item is {type(chunk).__name__}, not dict")
+        self.chunks += 1
+        return chunk
+
+    def finish(self) -> WireError | None:
+        if self.terminal or self.chunks:
+            return None
+        return self._violation("raw engine stream ended without yielding any object")

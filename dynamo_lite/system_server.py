@@ -9,6 +9,8 @@ this module only routes. Bodies and status codes copy the stock worker:
   "uptime":{"secs":…,"nanos":…},"endpoints":{…}}`` with 200 when ready and
   503 otherwise, as ``text/plain; charset=utf-8``; ``HEAD`` is allowed,
   other methods get 405;
+* ``/metrics`` answers Prometheus text (:meth:`SystemServer.serve_metrics`,
+  rendered by :mod:`dynamo_lite.metrics` on every scrape);
 * anything unknown gets 404 ``Route not found``.
 
 Readiness lives in :class:`Health`: the worker flips endpoints ready when
@@ -45,7 +47,13 @@ Handler = Callable[[str, str], Awaitable[Response] | Response]
 
 
 class Health:
-    """Readiness as the stock runtime reports it."""
+    """Readiness as the stock runtime reports it, plus dynamo_lite's vetoes.
+
+    An endpoint's own status is set by the worker (ready once registered,
+    not ready from the first moment of shutdown) and by the canary. A veto
+    (the stall detector's) makes one endpoint, or with ``endpoint=None`` the
+    whole worker, report not ready until it is lifted, whatever that status.
+    """
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
@@ -64,26 +72,39 @@ class Health:
         self.endpoints: dict[str, str] = {name: start for name in self.use_endpoints or ()}
         self.serving = False
         self.shutting_down = False
-        #: Extra conditions that can make the worker unhealthy (canary, stall detector).
-        self.vetoes: dict[str, str] = {}
+        #: Conditions that make the worker unhealthy: key → (endpoint or None, detail).
+        self.vetoes: dict[str, tuple[str | None, str]] = {}
 
     def set_endpoint(self, name: str, ready: bool) -> None:
         self.endpoints[name] = "ready" if ready else "notready"
 
+    def veto(self, key: str, detail: str, endpoint: str | None = None) -> None:
+        self.vetoes[key] = (endpoint, detail)
+
+    def lift(self, key: str) -> None:
+        self.vetoes.pop(key, None)
+
+    def status(self, name: str) -> str:
+        if any(target == name for target, _ in self.vetoes.values()):
+            return "notready"
+        return self.endpoints.get(name, "notready")
+
     @property
     def ready(self) -> bool:
-        if self.shutting_down or self.vetoes:
+        if self.shutting_down or any(target is None for target, _ in self.vetoes.values()):
             return False
         if self.use_endpoints:
-            return all(self.endpoints.get(name) == "ready" for name in self.use_endpoints)
-        return self.serving or (self.starting_ready and not self.endpoints)
+            return all(self.status(name) == "ready" for name in self.use_endpoints)
+        if not (self.serving or self.starting_ready):
+            return False
+        return all(self.status(name) == "ready" for name in self.endpoints)
 
     def body(self) -> dict[str, object]:
         elapsed = time.monotonic() - self.started
         return {
             "status": "ready" if self.ready else "notready",
             "uptime": {"secs": int(elapsed), "nanos": int((elapsed % 1) * 1e9)},
-            "endpoints": dict(self.endpoints),
+            "endpoints": {name: self.status(name) for name in self.endpoints},
         }
 
 
@@ -114,6 +135,19 @@ class SystemServer:
         body = {"error": "Route not found", "message": f"Route {path} not found"}
         return Response(404, json.dumps(body).encode())
 
+    def serve_metrics(self, render: Callable[[], bytes], content_type: str) -> None:
+        """``GET /metrics``: the body ``render()`` returns, collected at scrape time."""
+
+        def metrics(method: str, path: str) -> Response:
+            try:
+                body = render()
+            except Exception:
+                logger.exception("collecting /metrics failed")
+                return Response(500, b"metrics collection failed")
+            return Response(200, body, content_type)
+
+        self.routes["/metrics"] = metrics
+
     def route(self, path: str, handler: Handler, *, prefix: bool = False) -> None:
         if prefix:
             self.prefix_routes.append((path, handler))
@@ -123,7 +157,7 @@ class SystemServer:
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
-        logger.debug("system server listening on %s:%d", self.host, self.port)
+        logger.info("System status server listening on %s:%d", self.host, self.port)
         return self.port
 
     async def close(self) -> None:

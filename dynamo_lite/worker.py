@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -17,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from .canary import HealthMonitor, HealthSettings, resolve_payload
 from .card import ModelFiles, build_card, slugify
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig, detect_host
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
@@ -25,6 +27,8 @@ from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
 from .errors import InvalidArgument
 from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import WorkerMetrics
 from .system_server import Health, Response, SystemServer
 from .transport.nats_plane import NatsError, NatsRequestPlane, subject_for
 from .transport.request_plane import RequestPlaneServer
@@ -115,6 +119,7 @@ class Worker:
         self._store = store
         self.endpoint_id = EndpointId(config.namespace, config.component, config.endpoint)
         self.endpoint = Endpoint(engine, config.endpoint, raw=isinstance(engine, RawEngine))
+        self.endpoint.disagg_role = config.disaggregation_mode.value
         self.server: RequestPlaneServer | None = None
         self.nats: NatsRequestPlane | None = None
         self._nats_subject: str | None = None
@@ -126,10 +131,21 @@ class Worker:
         self.advertised: tuple[str, int] | None = None
         self.timings: dict[str, float] = {}
         self.lease_recoveries = 0
+        self.lease_losses = 0
+        #: The latest per-rank snapshots, when the engine declared dp ranks.
+        self.snapshots: _SnapshotPublisher | None = None
+        self.health_settings = HealthSettings.from_env()
+        #: Canary and stall detector; created at registration.
+        self.monitor: HealthMonitor | None = None
+        self.metrics = WorkerMetrics(self)
         self._watchdog: asyncio.TimerHandle | None = None
         self._signals_installed: list[int] = []
         self._instance_key: str | None = None
         self._mdc_key: str | None = None
+
+    @property
+    def lease_renewals(self) -> int:
+        return int(getattr(self._store, "renewals", 0) or 0)
 
     @property
     def store(self) -> KvStore:
@@ -265,6 +281,7 @@ class Worker:
 
     # --- discovery liveness ------------------------------------------------------
     async def _on_lease_lost(self, reason: str) -> None:
+        self.lease_losses += 1
         logger.error("discovery liveness lost (%s); shutting down", reason)
         self.request_shutdown(Reason.LEASE_LOST)
 
@@ -281,6 +298,7 @@ class Worker:
         if s.system_port is not None:
             # Up first, answering 503 while the engine starts (as stock).
             self.system_server = SystemServer(s.system_host, s.system_port, self.health)
+            self.system_server.serve_metrics(self.metrics.render, METRICS_CONTENT_TYPE)
             await self.system_server.start()
         self.endpoint.max_inflight = s.max_inflight
         self.endpoint.write_stall_timeout = s.write_stall_timeout
@@ -335,16 +353,19 @@ class Worker:
         cfg = self.config
         assert self.instance_id is not None and self.engine_config is not None
         self._validate_model_input()
-        await engine.register_prometheus(None)
+        await engine.register_prometheus(self.metrics.engine_metrics())
         ranks = list(engine.component_metrics_dp_ranks())
         if cfg.enable_kv_routing and hasattr(engine, "kv_event_sources"):
             for source in await engine.kv_event_sources():
                 if isinstance(source, PushSource):
                     source.on_ready(_NullKvPublisher())
         if ranks:
-            engine.attach_snapshot_publisher(_SnapshotPublisher(ranks))
+            self.snapshots = _SnapshotPublisher(ranks)
+            engine.attach_snapshot_publisher(self.snapshots)
         model_dir = cfg.model_name or self.engine_config.model
-        files = await asyncio.to_thread(ModelFiles.scan, model_dir)
+        files = await asyncio.to_thread(
+            functools.partial(ModelFiles.scan, model_dir, tokens=not self.endpoint.raw)
+        )
         self.card = build_card(files, cfg, self.engine_config, url_for=await self._self_host(files))
         logger.debug("local model built")
         handle = EndpointHandle(cfg.namespace, cfg.component, cfg.endpoint, self.instance_id)
@@ -357,11 +378,10 @@ class Worker:
         logger.debug("model registered with discovery")
         engine.supported_controls()
         engine.supported_updates()
-        if cfg.health_check_payload is None and not os.environ.get("DYN_HEALTH_CHECK_PAYLOAD"):
-            try:
-                await engine.health_check_payload()
-            except Exception as exc:
-                logger.warning("engine.health_check_payload() failed; canary disabled: %s", exc)
+        payload = await resolve_payload(engine, cfg)
+        self.monitor = HealthMonitor(
+            engine, self.endpoint, self.health, self.health_settings, payload
+        )
         # Open the endpoint before advertising it so the first request finds it.
         self.endpoint.accepting = True
         transport: dict[str, str]
@@ -381,8 +401,10 @@ class Worker:
         )
         self._instance_key = ep.instance_key(self.instance_id)
         await self.store.put(self._instance_key, dkeys.dumps(record))
-        self.health.set_endpoint(cfg.endpoint, True)
+        # With the canary on, the endpoint is ready once a probe or a request succeeds.
+        self.health.set_endpoint(cfg.endpoint, not self.monitor.canary_active)
         self.health.serving = True
+        self.monitor.start()
         logger.info("Serving %s on %s", self.card["display_name"], ep)
 
     async def _self_host(self, files: ModelFiles) -> Callable[[str], str] | None:
@@ -439,6 +461,8 @@ class Worker:
         lc.to(State.GRACE, reason)
         self._withdraw_readiness()
         await self._unregister_instance()
+        if self.monitor is not None:
+            await self.monitor.stop()
         if s.grace_period > 0 and not lc.hurried:
             logger.info("Grace period %.2fs before drain", s.grace_period)
         slept = await lc.sleep_unless_hurried(s.grace_period)
@@ -552,6 +576,8 @@ class Worker:
         return reason
 
     async def _teardown(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.stop()
         # Phase 1: streams still open end with an explicit error item.
         self.endpoint.accepting = False
         self._cut_streams("worker shutting down")

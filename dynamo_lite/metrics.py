@@ -1,0 +1,575 @@
+"""Prometheus metrics for ``/metrics``, named and labelled as the stock 1.6.1 worker exports them.
+
+Theory of operation
+-------------------
+Nothing on the request path talks to prometheus_client. The endpoint keeps
+plain counters (:class:`dynamo_lite.endpoint.EndpointStats`), updated once
+per request (response bytes once per chunk, an integer add), plus three
+:class:`Histogram` objects whose ``observe`` is one bisect and two adds.
+At scrape time :class:`WorkerMetrics` — a custom collector registered in
+its own :class:`~prometheus_client.CollectorRegistry`, never the global
+one — reads those counters, the lifecycle timings, the per-rank snapshots
+an engine publishes and the health monitor, and builds the metric families
+from scratch. A scrape costs a few hundred microseconds; a request costs
+nothing extra.
+
+Families (labels ``dynamo_namespace``, ``dynamo_component``,
+``dynamo_endpoint``, ``worker_id`` = the instance id in lowercase hex,
+plus ``WorkerConfig.metrics_labels`` on every series):
+
+* work handler, per endpoint — ``dynamo_component_requests_total``,
+  ``…_request_bytes_total``, ``…_response_bytes_total``,
+  ``…_request_duration_seconds`` (histogram), ``…_inflight_requests``,
+  ``…_cancellation_total``; ``dynamo_component_uptime_seconds``
+  (``worker_id`` only); ``…_kv_publisher_engines_dropped_events_total``
+  (no endpoint label; always 0: no KV events are published);
+* lifecycle gauges once ``start()`` returned (plus ``model``,
+  ``model_name``): ``…_model_load_time_seconds``, ``…_drain_time_seconds``
+  and ``…_cleanup_time_seconds`` (0 until shutdown measured them);
+* per-rank gauges when the engine declared dp ranks (plus ``dp_rank``):
+  ``…_total_blocks``, ``…_gpu_cache_usage_percent`` (seeded at 0) and
+  ``…_kv_cache_hit_rate`` (only once a snapshot carried one);
+* process-wide, unlabelled: ``dynamo_engine_request``,
+  ``dynamo_request_queue``, ``dynamo_rejection_request_total``,
+  ``dynamo_work_handler_*`` (pool and queue gauges, three histograms);
+* beyond stock, prefixed ``dynamo_lite_`` so they can never collide with a
+  future stock name: validator drops, aborts, error items, cut streams,
+  rejections, stalled requests, canary probe results, readiness and lease
+  renewals / losses / recoveries.
+
+Histogram buckets and their ``le`` strings are the stock ones. Engines bridge
+their own registries through :class:`EngineMetrics` (the object
+``register_prometheus`` receives); their exposition text is appended.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .canary import HealthMonitor
+    from .config import WorkerConfig
+    from .endpoint import Endpoint
+    from .engine import EngineConfig
+    from .system_server import Health
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CONTENT_TYPE",
+    "EngineMetrics",
+    "Histogram",
+    "WorkerMetrics",
+    "gather_with_labels",
+    "register_engine_registry",
+    "register_global_registry",
+]
+
+#: The 0.0.4 text format is what ``generate_latest`` writes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+REQUEST_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600,
+)  # fmt: skip
+NETWORK_TRANSIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
+PERMIT_WAIT_BUCKETS = (0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60)
+FIRST_RESPONSE_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)  # fmt: skip
+
+#: Stock's fixed work-handler sizes (we have no bounded queue; the pool is ``max_inflight``).
+QUEUE_CAPACITY = 40_000
+
+NS, COMP, EP, WID = "dynamo_namespace", "dynamo_component", "dynamo_endpoint", "worker_id"
+MODEL, MODEL_NAME, DP_RANK = "model", "model_name", "dp_rank"
+#: Label names with a meaning to Prometheus itself; a metrics label may not use them.
+_RESERVED = frozenset({"le", "quantile"})
+
+#: name → (type, HELP). HELP texts are the stock ones where stock has the family.
+FAMILIES: dict[str, tuple[str, str]] = {
+    "dynamo_component_requests_total": (
+        "counter", "Total number of requests processed by work handler"),
+    "dynamo_component_request_bytes_total": (
+        "counter", "Total number of bytes received in requests by work handler"),
+    "dynamo_component_response_bytes_total": (
+        "counter", "Total number of bytes sent in responses by work handler"),
+    "dynamo_component_request_duration_seconds": (
+        "histogram", "Time spent processing requests by work handler"),
+    "dynamo_component_inflight_requests": (
+        "gauge", "Number of requests currently being processed by work handler"),
+    "dynamo_component_cancellation_total": (
+        "counter", "Total number of requests cancelled by work handler"),
+    "dynamo_component_uptime_seconds": (
+        "gauge", "Total uptime of the DistributedRuntime in seconds"),
+    "dynamo_component_kv_publisher_engines_dropped_events_total": (
+        "counter",
+        "Total number of raw events dropped by engines before reaching publisher "
+        "(detected via event_id gaps)"),
+    "dynamo_component_model_load_time_seconds": (
+        "gauge", "Time engine.start() took to return. Set once at Worker setup."),
+    "dynamo_component_drain_time_seconds": (
+        "gauge",
+        "Time spent draining in-flight work before cleanup. Stays at 0 for engines "
+        "without a drain hook."),
+    "dynamo_component_cleanup_time_seconds": (
+        "gauge",
+        "Time spent releasing engine resources during shutdown. Set by the framework "
+        "once after engine.cleanup() returns."),
+    "dynamo_component_total_blocks": (
+        "gauge", "Total number of KV cache blocks available on the worker."),
+    "dynamo_component_gpu_cache_usage_percent": (
+        "gauge", "GPU cache usage as a percentage (0.0-1.0)."),
+    "dynamo_component_kv_cache_hit_rate": (
+        "gauge", "Prefix cache hit rate (0.0-1.0). Portable across engines."),
+    "dynamo_engine_request": (
+        "gauge",
+        "Current number of requests being handled by the engine (--engine-request-limit)"),
+    "dynamo_request_queue": (
+        "gauge",
+        "Current number of requests queued in Dynamo not yet in the engine "
+        "(--dynamo-request-queue-limit)"),
+    "dynamo_rejection_request_total": (
+        "counter",
+        "Requests rejected because the worker is at capacity (engine in-flight limit and "
+        "Dynamo queue both full)"),
+    "dynamo_work_handler_enqueue_rejected_total": (
+        "counter", "Times enqueuing work failed because the dispatcher channel was closed"),
+    "dynamo_work_handler_network_transit_seconds": (
+        "histogram",
+        "Frontend-to-backend network transit time (cross-process wall-clock, seconds)"),
+    "dynamo_work_handler_permit_wait_seconds": (
+        "histogram", "Time spent waiting for a worker-pool permit (seconds)"),
+    "dynamo_work_handler_pool_active_tasks": (
+        "gauge", "Current number of active worker-pool tasks (permits in use)"),
+    "dynamo_work_handler_pool_capacity": (
+        "gauge", "Configured worker-pool capacity (total permits)"),
+    "dynamo_work_handler_queue_capacity": (
+        "gauge", "Configured capacity of the bounded work queue"),
+    "dynamo_work_handler_queue_depth": (
+        "gauge", "Current items in the bounded work queue awaiting dispatcher pickup"),
+    "dynamo_work_handler_time_to_first_response_seconds": (
+        "histogram",
+        "Backend processing time from handle_payload entry to prologue sent (seconds)"),
+    # --- beyond stock ---
+    "dynamo_lite_requests_rejected_total": (
+        "counter", "Requests refused at admission (not serving, at capacity or malformed)"),
+    "dynamo_lite_request_errors_total": (
+        "counter", "Requests that ended with an error item"),
+    "dynamo_lite_aborts_total": (
+        "counter", "engine.abort() calls made for cancelled requests"),
+    "dynamo_lite_stream_dropped_chunks_total": (
+        "counter", "Chunks the stream validator dropped (yielded after the terminal chunk)"),
+    "dynamo_lite_streams_cut_total": (
+        "counter", "In-flight streams ended with an error item because the worker shut down"),
+    "dynamo_lite_stalled_requests": (
+        "gauge",
+        "In-flight requests without a chunk for longer than DYN_LITE_STALL_TIMEOUT_SECS"),
+    "dynamo_lite_health_check_probes_total": (
+        "counter", "Canary health-check probes by verdict (ok, error, empty, timeout)"),
+    "dynamo_lite_ready": (
+        "gauge", "1 while /health answers 200, else 0"),
+    "dynamo_lite_lease_renewals_total": (
+        "counter", "Discovery lease keepalives that succeeded"),
+    "dynamo_lite_lease_losses_total": (
+        "counter", "Times discovery liveness was lost for good (the worker then shuts down)"),
+    "dynamo_lite_lease_recoveries_total": (
+        "counter", "Times discovery liveness was lost and restored under the same instance id"),
+}  # fmt: skip
+
+
+def _le(bound: float) -> str:
+    """Bucket bounds written as stock writes them: ``1``, ``2.5``, ``0.0001``."""
+    return str(int(bound)) if bound == int(bound) else repr(float(bound))
+
+
+class Histogram:
+    """A fixed-bucket histogram that is cheap to observe and rendered at scrape time."""
+
+    __slots__ = ("bounds", "count", "counts", "labels", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        self.labels = (*(_le(b) for b in bounds), "+Inf")
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        # bisect_left finds the first bound >= value, i.e. the "le" bucket.
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for label, n in zip(self.labels, self.counts, strict=True):
+            total += n
+            out.append((label, float(total)))
+        return out
+
+
+def request_duration_histogram() -> Histogram:
+    return Histogram(REQUEST_DURATION_BUCKETS)
+
+
+def network_transit_histogram() -> Histogram:
+    return Histogram(NETWORK_TRANSIT_BUCKETS)
+
+
+def first_response_histogram() -> Histogram:
+    return Histogram(FIRST_RESPONSE_BUCKETS)
+
+
+# --- scrape-time collection --------------------------------------------------------
+
+
+class MetricsSource(Protocol):
+    """What :class:`WorkerMetrics` reads from the worker at scrape time."""
+
+    config: WorkerConfig
+    endpoint: Endpoint
+    health: Health
+    instance_id: int | None
+    engine_config: EngineConfig | None
+    timings: dict[str, float]
+    lease_recoveries: int
+    lease_losses: int
+    snapshots: Any
+    monitor: HealthMonitor | None
+
+    @property
+    def lease_renewals(self) -> int: ...
+
+
+class _Families:
+    """Builds metric families in first-use order, series by series."""
+
+    def __init__(self, extra: Mapping[str, str]) -> None:
+        self.extra = extra
+        self.metrics: dict[str, Metric] = {}
+
+    def _metric(self, name: str) -> Metric:
+        metric = self.metrics.get(name)
+        if metric is None:
+            kind, help_ = FAMILIES[name]
+            base = name.removesuffix("_total") if kind == "counter" else name
+            metric = self.metrics[name] = Metric(base, help_, kind)
+        return metric
+
+    def _labels(self, labels: Mapping[str, str]) -> dict[str, str]:
+        # metrics_labels never replace a label the series already has.
+        merged = {**self.extra, **labels}
+        return {k: merged[k] for k in sorted(merged)}
+
+    def value(self, name: str, labels: Mapping[str, str], value: float) -> None:
+        self._metric(name).add_sample(name, self._labels(labels), float(value))
+
+    def histogram(self, name: str, labels: Mapping[str, str], hist: Histogram) -> None:
+        metric = self._metric(name)
+        base = self._labels(labels)
+        for le, count in hist.cumulative():
+            metric.add_sample(f"{name}_bucket", {**base, "le": le}, count)
+        metric.add_sample(f"{name}_sum", base, hist.sum)
+        metric.add_sample(f"{name}_count", base, float(hist.count))
+
+
+def _field(snapshot: Any, name: str) -> Any:
+    if isinstance(snapshot, Mapping):
+        return snapshot.get(name)
+    return getattr(snapshot, name, None)
+
+
+def served_name(config: WorkerConfig, engine_config: EngineConfig | None) -> str:
+    """The served model name, chosen as the model card chooses its display name."""
+    if engine_config is None:
+        return config.served_model_name or config.model_name
+    return (
+        config.served_model_name
+        or engine_config.served_model_name
+        or engine_config.model
+        or config.model_name
+    )
+
+
+def extra_labels(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """``WorkerConfig.metrics_labels`` as a dict (``le`` and ``quantile`` refused).
+
+    They go on every series that does not already have a label of that name:
+    the worker's own labels win, as stock's auto-labels win over custom ones.
+    """
+    out: dict[str, str] = {}
+    for pair in pairs:
+        try:
+            key, value = pair
+        except (TypeError, ValueError):
+            logger.warning("ignoring metrics label %r: not a (name, value) pair", pair)
+            continue
+        key = str(key)
+        if key in _RESERVED:
+            logger.warning("ignoring metrics label %r: reserved by Prometheus", key)
+            continue
+        out[key] = str(value)
+    return out
+
+
+class WorkerMetrics(Collector):
+    """The worker's registry; see the module docstring."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        self.engine = EngineMetrics({})
+        self.extra = extra_labels(source.config.metrics_labels)
+        self.unavailable_reported = False
+
+    # --- engine bridge ---------------------------------------------------------
+    def engine_metrics(self) -> EngineMetrics:
+        """The handle ``register_prometheus`` receives (auto-labels filled in)."""
+        self.engine.auto_labels = {**self.extra, **self._model_labels()}
+        return self.engine
+
+    def _endpoint_labels(self) -> dict[str, str]:
+        s = self.source
+        cfg = s.config
+        assert s.instance_id is not None
+        return {
+            NS: cfg.namespace,
+            COMP: cfg.component,
+            EP: cfg.endpoint,
+            WID: f"{s.instance_id:x}",
+        }
+
+    def _model_labels(self) -> dict[str, str]:
+        labels = self._endpoint_labels() if self.source.instance_id is not None else {}
+        name = served_name(self.source.config, self.source.engine_config)
+        return {**labels, MODEL: name, MODEL_NAME: name}
+
+    # --- Collector -------------------------------------------------------------
+    def collect(self) -> Iterator[Metric]:
+        s = self.source
+        f = _Families(self.extra)
+        if s.instance_id is not None:
+            self._work_handler(f)
+            if s.engine_config is not None:
+                self._lifecycle(f)
+                self._ranks(f)
+            self._extras(f)
+        self._process(f)
+        # Sorted by name, as the stock exposition is.
+        return iter(sorted(f.metrics.values(), key=lambda m: m.name))
+
+    def _work_handler(self, f: _Families) -> None:
+        s = self.source
+        st = s.endpoint.stats
+        ep = self._endpoint_labels()
+        f.value("dynamo_component_cancellation_total", ep, st.cancelled)
+        f.value("dynamo_component_inflight_requests", ep, st.inflight)
+        f.value("dynamo_component_request_bytes_total", ep, st.request_bytes)
+        f.histogram("dynamo_component_request_duration_seconds", ep, st.duration)
+        f.value("dynamo_component_requests_total", ep, st.requests)
+        f.value("dynamo_component_response_bytes_total", ep, st.response_bytes)
+        wid = {WID: ep[WID]}
+        f.value("dynamo_component_uptime_seconds", wid, time.monotonic() - s.health.started)
+        no_ep = {k: v for k, v in ep.items() if k != EP}
+        f.value("dynamo_component_kv_publisher_engines_dropped_events_total", no_ep, 0)
+
+    def _lifecycle(self, f: _Families) -> None:
+        t = self.source.timings
+        labels = self._model_labels()
+        f.value("dynamo_component_model_load_time_seconds", labels, t.get("model_load", 0.0))
+        f.value("dynamo_component_drain_time_seconds", labels, t.get("drain", 0.0))
+        f.value("dynamo_component_cleanup_time_seconds", labels, t.get("cleanup", 0.0))
+
+    def _ranks(self, f: _Families) -> None:
+        publisher = self.source.snapshots
+        latest: Mapping[int, Any] = getattr(publisher, "latest", None) or {}
+        base = self._model_labels()
+        for rank in sorted(latest):
+            snap = latest[rank]
+            labels = {**base, DP_RANK: str(rank)}
+            total = _field(snap, "kv_total_blocks") if snap is not None else None
+            usage = _field(snap, "gpu_cache_usage") if snap is not None else None
+            f.value("dynamo_component_total_blocks", labels, total or 0)
+            f.value("dynamo_component_gpu_cache_usage_percent", labels, usage or 0.0)
+            hit = _field(snap, "kv_cache_hit_rate") if snap is not None else None
+            if hit is not None:
+                f.value("dynamo_component_kv_cache_hit_rate", labels, hit)
+
+    def _process(self, f: _Families) -> None:
+        s = self.source
+        st = s.endpoint.stats
+        f.value("dynamo_engine_request", {}, st.inflight)
+        f.value("dynamo_rejection_request_total", {}, st.overloaded)
+        f.value("dynamo_request_queue", {}, 0)
+        f.value("dynamo_work_handler_enqueue_rejected_total", {}, 0)
+        f.histogram("dynamo_work_handler_network_transit_seconds", {}, st.transit)
+        f.histogram("dynamo_work_handler_permit_wait_seconds", {}, _NO_PERMIT_WAIT)
+        f.value("dynamo_work_handler_pool_active_tasks", {}, st.inflight)
+        f.value("dynamo_work_handler_pool_capacity", {}, s.endpoint.max_inflight)
+        f.value("dynamo_work_handler_queue_capacity", {}, QUEUE_CAPACITY)
+        f.value("dynamo_work_handler_queue_depth", {}, 0)
+        f.histogram("dynamo_work_handler_time_to_first_response_seconds", {}, st.first_response)
+
+    def _extras(self, f: _Families) -> None:
+        s = self.source
+        st = s.endpoint.stats
+        ep = self._endpoint_labels()
+        f.value("dynamo_lite_requests_rejected_total", ep, st.rejected)
+        f.value("dynamo_lite_request_errors_total", ep, st.errors)
+        f.value("dynamo_lite_aborts_total", ep, st.aborts)
+        f.value("dynamo_lite_stream_dropped_chunks_total", ep, st.dropped_chunks)
+        f.value("dynamo_lite_streams_cut_total", ep, st.cut)
+        monitor = s.monitor
+        f.value("dynamo_lite_stalled_requests", ep, monitor.stalled if monitor else 0)
+        if monitor is not None and monitor.canary_active:
+            for result, n in monitor.probes.items():
+                f.value("dynamo_lite_health_check_probes_total", {**ep, "result": result}, n)
+        wid = {WID: ep[WID]}
+        f.value("dynamo_lite_ready", wid, 1 if s.health.ready else 0)
+        f.value("dynamo_lite_lease_renewals_total", wid, s.lease_renewals)
+        f.value("dynamo_lite_lease_losses_total", wid, s.lease_losses)
+        f.value("dynamo_lite_lease_recoveries_total", wid, s.lease_recoveries)
+
+    # --- exposition --------------------------------------------------------------
+    def render(self) -> bytes:
+        """The whole ``/metrics`` body: our families, then every engine registry."""
+        parts = [generate_latest(self.registry)]
+        for callback in list(self.engine.expfmt_callbacks):
+            try:
+                text = callback()
+            except Exception as exc:
+                logger.warning("engine metrics callback failed; skipping it: %r", exc)
+                continue
+            if text:
+                parts.append(text.encode() if text.endswith("\n") else (text + "\n").encode())
+        return b"".join(parts)
+
+
+#: We have no permit pool, so nobody ever waits for a permit (stock's count stays 0 too).
+_NO_PERMIT_WAIT = Histogram(PERMIT_WAIT_BUCKETS)
+
+
+# --- engine registries ----------------------------------------------------------------
+
+ExpfmtCallback = Callable[[], str]
+TypedCallback = Callable[[], list[Any]]
+
+
+class EngineMetrics:
+    """The ``metrics`` handed to ``register_prometheus`` (stock: ``_core.backend.EngineMetrics``).
+
+    ``register_prometheus_expfmt_callback(cb)``: ``cb()`` returns Prometheus
+    text that is appended to ``/metrics`` on every scrape.
+    ``register_prometheus_typed_callback(cb)`` is accepted for compatibility
+    (stock feeds it to its OTLP exporter; dynamo_lite exports no OTLP metrics).
+    ``auto_labels`` are the labels stock injects into engine metrics.
+    """
+
+    def __init__(self, auto_labels: Mapping[str, str]) -> None:
+        self.auto_labels: dict[str, str] = dict(auto_labels)
+        self.expfmt_callbacks: list[ExpfmtCallback] = []
+        self.typed_callbacks: list[TypedCallback] = []
+
+    def register_prometheus_expfmt_callback(self, callback: ExpfmtCallback) -> None:
+        self.expfmt_callbacks.append(callback)
+
+    # The spelling the stock engine docstring uses.
+    add_expfmt_callback = register_prometheus_expfmt_callback
+
+    def register_prometheus_typed_callback(self, callback: TypedCallback) -> None:
+        self.typed_callbacks.append(callback)
+
+
+class LabelInjectingCollector(Collector):
+    """Re-yields a registry's families with extra labels; labels a sample has win."""
+
+    def __init__(self, inner: Collector, labels: Mapping[str, str]) -> None:
+        self.inner = inner
+        self.labels = dict(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.inner.collect():
+            out = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            for sample in metric.samples:
+                out.samples.append(sample._replace(labels={**self.labels, **sample.labels}))
+            yield out
+
+
+class _Filtered(Collector):
+    def __init__(
+        self, inner: Collector, include: Sequence[str] | None, exclude: Sequence[str] | None
+    ) -> None:
+        self.inner = inner
+        self.include = tuple(include or ())
+        self.exclude = tuple(exclude or ())
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.inner.collect():
+            if self.include and not metric.name.startswith(self.include):
+                continue
+            if self.exclude and metric.name.startswith(self.exclude):
+                continue
+            yield metric
+
+
+def gather_with_labels(
+    registry: Collector,
+    labels: Mapping[str, str] | None = None,
+    *,
+    prefix_filters: Sequence[str] | None = None,
+    exclude_prefixes: Sequence[str] | None = None,
+) -> str:
+    """``registry`` as exposition text, filtered by name prefix, ``labels`` injected."""
+    source: Collector = _Filtered(registry, prefix_filters, exclude_prefixes)
+    if labels:
+        source = LabelInjectingCollector(source, labels)
+    return generate_latest(source).decode()
+
+
+def register_engine_registry(
+    metrics: EngineMetrics,
+    registry: Collector,
+    *,
+    prefix_filters: Sequence[str] | None = None,
+    exclude_prefixes: Sequence[str] | None = None,
+) -> None:
+    """Append ``registry`` (with the auto-labels) to ``/metrics``; stock helper of the same name."""
+    labels = dict(metrics.auto_labels)
+    metrics.register_prometheus_expfmt_callback(
+        lambda: gather_with_labels(
+            registry, labels, prefix_filters=prefix_filters, exclude_prefixes=exclude_prefixes
+        )
+    )
+
+
+def register_global_registry(
+    metrics: EngineMetrics,
+    *,
+    engine_prefix: str,
+    multiproc_only_prefixes: Sequence[str] | None = None,
+    exclude_prefixes: Sequence[str] | None = None,
+) -> None:
+    """Bridge the global ``prometheus_client.REGISTRY``, keeping ``engine_prefix`` families.
+
+    Multi-process collection (``PROMETHEUS_MULTIPROC_DIR``) is the engine's
+    business: a ``MultiProcessCollector`` it registered on ``REGISTRY`` is
+    gathered like any other collector.
+    """
+    from prometheus_client import REGISTRY
+
+    register_engine_registry(
+        metrics,
+        REGISTRY,
+        prefix_filters=[engine_prefix, *(multiproc_only_prefixes or ())],
+        exclude_prefixes=exclude_prefixes,
+    )

@@ -7,6 +7,7 @@ status, the recorded calls, discovery and the status server.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 from pathlib import Path
@@ -327,3 +328,38 @@ def test_lease_loss_can_restore_the_stock_exit(
     assert proc.wait(20) == 0
     assert names(events).count("cleanup") == 1
     assert "lease lost" in proc.log_text()
+
+
+def test_prefill_drain_polls_is_quiescent(
+    spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    proc = start_worker(spawn, tiny_model, file_kv, events,
+                        argv_extra=("--disaggregation-mode", "prefill"), PROBE_QUIESCENT="3")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    recorded = read_events(events)
+    polls = [e for e in recorded if e["event"] == "is_quiescent"]
+    assert [p["n"] for p in polls] == [1, 2, 3]
+    gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(polls)]
+    assert all(0.4 < g < 1.0 for g in gaps), gaps  # polled every 0.5 s
+    order = names(events)
+    assert order.index("is_quiescent") < order.index("cleanup")
+    assert "polling is_quiescent" in proc.log_text()
+
+
+def test_unregister_is_immediate_and_grace_is_honoured(
+    spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path
+) -> None:
+    events = tmp_path / "events.jsonl"
+    proc = start_worker(spawn, tiny_model, file_kv, events,
+                        DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS="1.5")
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: not instance_files(file_kv), timeout=2, interval=0.005,
+               what="instance record removed")
+    assert time.monotonic() - t0 < 0.25
+    assert proc.wait(20) == 0
+    elapsed = time.monotonic() - t0
+    assert 1.5 <= elapsed < 4, elapsed
+    assert "Grace period 1.50s before drain" in proc.log_text()

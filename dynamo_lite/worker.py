@@ -396,9 +396,7 @@ class Worker:
             self.server.endpoints[ep.endpoint_path(self.instance_id)] = self.endpoint
             host, port = self.advertised
             transport = dkeys.tcp_transport(host, port, ep, self.instance_id)
-        record = dkeys.instance_record(
-            ep, self.instance_id, transport, self.settings.request_codec
-        )
+        record = dkeys.instance_record(ep, self.instance_id, transport, self.settings.request_codec)
         self._instance_key = ep.instance_key(self.instance_id)
         await self.store.put(self._instance_key, dkeys.dumps(record))
         # With the canary on, the endpoint is ready once a probe or a request succeeds.
@@ -435,7 +433,7 @@ class Worker:
         base = f"http://{host}:{server.port}{prefix}"
 
         def serve_file(method: str, path: str) -> Response:
-            body = contents.get(path[len(prefix):]) if path.startswith(prefix) else None
+            body = contents.get(path[len(prefix) :]) if path.startswith(prefix) else None
             if body is None:
                 return Response(404, b"Not found")
             return Response(200, body, "application/octet-stream")

@@ -133,8 +133,9 @@ class SampleEngine(LLMEngine):
                         "completion_usage": usage(i),
                     }
                     return
-                if self.delay:
-                    await asyncio.sleep(self.delay)
+                # Like the stock engine, yield to the loop before every token,
+                # even with no delay: generation is never one blocking step.
+                await asyncio.sleep(self.delay)
                 chunk: GenerateChunk = {"token_ids": [(i + 1) % VOCAB_WRAP], "index": 0}
                 if i == max_new - 1:
                     chunk["finish_reason"] = "length"

@@ -347,3 +347,55 @@ def test_body_codecs_round_trip(value: object) -> None:
 def test_token_ids_bytes_round_trip(ids: list[int]) -> None:
     raw = b"".join(struct.pack("<i", i) for i in ids)
     assert codec.token_ids_from_wire(raw) == ids
+
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=300)
+    | st.binary(max_size=300),
+    lambda inner: (
+        st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=40), inner, max_size=20)
+    ),
+    max_leaves=40,
+)
+
+
+@given(msgpack_values)
+def test_pure_msgpack_encoder_is_byte_identical(value: object) -> None:
+    from msgpack import fallback
+
+    from dynamo_lite.protocol._msgpack_pure import packb
+
+    assert packb(value) == fallback.Packer(use_bin_type=True).pack(value)
+    assert packb(value) == msgpack.packb(value, use_bin_type=True)
+
+
+def test_pure_msgpack_encoder_large_containers() -> None:
+    from msgpack import fallback
+
+    from dynamo_lite.protocol._msgpack_pure import packb
+
+    for value in (
+        list(range(70_000)),
+        {str(i): i for i in range(70_000)},
+        "x" * 70_000,
+        b"y" * 70_000,
+        -(2**63),
+        2**64 - 1,
+    ):
+        assert packb(value) == fallback.Packer(use_bin_type=True).pack(value)
+    with pytest.raises(OverflowError):
+        packb(2**64)
+    with pytest.raises(TypeError):
+        packb(object())
+
+
+@given(st.dictionaries(st.text(max_size=12), msgpack_values, max_size=8))
+def test_output_frame_equals_the_generic_encoding(output: dict[str, object]) -> None:
+    generic = twopart.encode_body_only(
+        msgpack.packb({"data": {"data": output}, "complete_final": False}, use_bin_type=True)
+    )
+    assert items.output_frame("msgpack", output) == generic

@@ -334,8 +334,14 @@ def test_prefill_drain_polls_is_quiescent(
     spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path
 ) -> None:
     events = tmp_path / "events.jsonl"
-    proc = start_worker(spawn, tiny_model, file_kv, events,
-                        argv_extra=("--disaggregation-mode", "prefill"), PROBE_QUIESCENT="3")
+    proc = start_worker(
+        spawn,
+        tiny_model,
+        file_kv,
+        events,
+        argv_extra=("--disaggregation-mode", "prefill"),
+        PROBE_QUIESCENT="3",
+    )
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     recorded = read_events(events)
@@ -352,14 +358,44 @@ def test_unregister_is_immediate_and_grace_is_honoured(
     spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path
 ) -> None:
     events = tmp_path / "events.jsonl"
-    proc = start_worker(spawn, tiny_model, file_kv, events,
-                        DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS="1.5")
+    proc = start_worker(
+        spawn, tiny_model, file_kv, events, DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS="1.5"
+    )
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    wait_until(lambda: not instance_files(file_kv), timeout=2, interval=0.005,
-               what="instance record removed")
+    wait_until(
+        lambda: not instance_files(file_kv),
+        timeout=2,
+        interval=0.005,
+        what="instance record removed",
+    )
     assert time.monotonic() - t0 < 0.25
     assert proc.wait(20) == 0
     elapsed = time.monotonic() - t0
     assert 1.5 <= elapsed < 4, elapsed
     assert "Grace period 1.50s before drain" in proc.log_text()
+
+
+@pytest.mark.parametrize("uvloop", ["1", "0"])
+def test_worker_serves_with_and_without_uvloop(
+    uvloop: str, spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path
+) -> None:
+    import anyio
+
+    from dynamo_lite.client import Client
+    from dynamo_lite.discovery import FileStore
+
+    pytest.importorskip("uvloop")
+    events = tmp_path / "events.jsonl"
+    proc = start_worker(spawn, tiny_model, file_kv, events, DYN_LITE_UVLOOP=uvloop)
+
+    async def request() -> list[dict[str, Any]]:
+        async with Client("dynamo", "sample", "generate", store=FileStore(file_kv)) as client:
+            stream = await client.generate({"token_ids": [1], "stop_conditions": {"max_tokens": 3}})
+            return await stream.collect()
+
+    assert anyio.run(request)[-1]["finish_reason"] == "length"
+    (start,) = [e for e in read_events(events) if e["event"] == "start"]
+    assert start["loop"].startswith("uvloop") == (uvloop == "1")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0

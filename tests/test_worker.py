@@ -34,6 +34,7 @@ def model_dir(tmp_path: Path) -> Path:
 
 pytestmark = pytest.mark.anyio
 
+
 async def test_stream_and_clean_shutdown(model_dir: Path) -> None:
     engine = ScriptedEngine()
     async with running(engine, model_dir) as h:

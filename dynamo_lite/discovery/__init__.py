@@ -7,6 +7,7 @@ under ``DYN_FILE_KV``, kept alive by mtime) and ``mem`` (in-process tests).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,12 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import RuntimeSettings
 from .base import DiscoveryError, DiscoveryUnavailable, KvStore
-from .etcd import EtcdStore
-from .etcd_base import EtcdLeaseStore, LeaseNotFound
 from .file import FileStore
 from .keys import EndpointId
 from .memory import MemoryStore
-from .tls import TlsConfig
 
 __all__ = [
     "DiscoveryError",
@@ -38,19 +36,31 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .etcd import EtcdStore
+    from .etcd_base import EtcdLeaseStore, LeaseNotFound
     from .etcd_grpc import EtcdGrpcStore
+    from .tls import TlsConfig
 
 ETCD_CLIENTS = ("gateway", "grpc")
 
 
-def __getattr__(name: str) -> Any:
-    # The gRPC store is imported on first use: grpc and etcd3aio take a while to
-    # import, and etcd3aio adds its generated modules to sys.path.
-    if name == "EtcdGrpcStore":
-        from .etcd_grpc import EtcdGrpcStore
+_LAZY = {
+    "EtcdStore": ".etcd",
+    "EtcdLeaseStore": ".etcd_base",
+    "LeaseNotFound": ".etcd_base",
+    "EtcdGrpcStore": ".etcd_grpc",
+    "TlsConfig": ".tls",
+}
 
-        return EtcdGrpcStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    # The etcd stores are imported on first use: a worker on the file backend
+    # then never loads httpx, and grpc/etcd3aio (slow to import; etcd3aio also
+    # edits sys.path) load only when the gRPC client is chosen.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
 
 
 def grpc_available() -> bool:
@@ -87,11 +97,18 @@ def open_store(
             raise DiscoveryError(
                 f"DYN_LITE_ETCD_CLIENT={client!r} is not supported (gateway or grpc)"
             )
-        store_type: type[EtcdLeaseStore] = EtcdStore
+        from .etcd_base import EtcdLeaseStore  # noqa: F401 - names the type below
+        from .tls import TlsConfig
+
+        store_type: type[EtcdLeaseStore]
         if client == "grpc":
             from .etcd_grpc import EtcdGrpcStore
 
             store_type = EtcdGrpcStore
+        else:
+            from .etcd import EtcdStore
+
+            store_type = EtcdStore
         return store_type(
             settings.etcd_endpoints,
             ttl=settings.etcd_lease_ttl,

@@ -25,6 +25,24 @@ CODECS: tuple[Codec, ...] = ("msgpack", "json")
 _packer = msgpack.Packer(use_bin_type=True)
 _json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
+#: True when msgpack runs on its pure-Python fallback (no C extension, or
+#: ``MSGPACK_PUREPYTHON=1``); then the faster pure encoder below packs.
+PURE_MSGPACK = type(_packer).__module__ == "msgpack.fallback"
+if PURE_MSGPACK:
+    from ._msgpack_pure import packb as _pure_packb
+
+    def _msgpack(obj: Any) -> bytes:
+        return _pure_packb(obj)
+else:
+
+    def _msgpack(obj: Any) -> bytes:
+        packed: bytes = _packer.pack(obj)
+        return packed
+
+
+#: Public name for the fastest available msgpack encoder.
+msgpack_encode = _msgpack
+
 
 def check_codec(name: str) -> Codec:
     if name == "msgpack":
@@ -36,8 +54,11 @@ def check_codec(name: str) -> Codec:
 
 def encode(codec: Codec, obj: Any) -> bytes:
     if codec == "msgpack":
-        packed: bytes = _packer.pack(obj)
-        return packed
+        return _msgpack(obj)
+    return _json_encoder.encode(obj).encode()
+
+
+def json_encode(obj: Any) -> bytes:
     return _json_encoder.encode(obj).encode()
 
 

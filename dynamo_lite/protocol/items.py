@@ -21,11 +21,27 @@ from . import twopart
 from .codec import Codec
 from .errors import MalformedFrame
 
+# The wrapper around every output, pre-encoded: only the output itself is
+# encoded per token. msgpack: fixmap(2) "data" fixmap(1) "data" <output>
+# "complete_final" false; the JSON form is the same object, compact.
+_MSGPACK_HEAD = b"\x82\xa4data\x81\xa4data"
+_MSGPACK_TAIL = b"\xaecomplete_final\xc2"
+_JSON_HEAD = b'{"data":{"data":'
+_JSON_TAIL = b'},"complete_final":false}'
+_MSGPACK_EXTRA = len(_MSGPACK_HEAD) + len(_MSGPACK_TAIL)
+_JSON_EXTRA = len(_JSON_HEAD) + len(_JSON_TAIL)
+_pack_prefix = twopart.PREFIX.pack
+
 
 def output_frame(codec: Codec, output: dict[str, Any]) -> bytes:
-    return twopart.encode_body_only(
-        _codec.encode(codec, {"data": {"data": output}, "complete_final": False})
-    )
+    """One response item: ``{"data": {"data": output}, "complete_final": false}``."""
+    if codec == "msgpack":
+        body = _codec.msgpack_encode(output)
+        return b"".join(
+            (_pack_prefix(0, len(body) + _MSGPACK_EXTRA, 0), _MSGPACK_HEAD, body, _MSGPACK_TAIL)
+        )
+    body = _codec.json_encode(output)
+    return b"".join((_pack_prefix(0, len(body) + _JSON_EXTRA, 0), _JSON_HEAD, body, _JSON_TAIL))
 
 
 def error_frame(codec: Codec, error: dict[str, Any]) -> bytes:

@@ -16,7 +16,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..protocol import request_plane as rp
 from ..protocol.errors import FrameTooLarge
@@ -42,11 +42,14 @@ class _Connection(asyncio.Protocol):
         self.partial_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses; same interface.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         if len(self._server.connections) >= self._server.max_connections:
-            logger.warning("request plane: %d connections open; refusing another",
-                           len(self._server.connections))
+            logger.warning(
+                "request plane: %d connections open; refusing another",
+                len(self._server.connections),
+            )
             transport.abort()
             return
         self._server.connections.add(self)
@@ -157,12 +160,14 @@ class RequestPlaneServer:
             for conn in list(self.connections):
                 partial = conn.partial_since
                 if partial is not None and now - partial > self.frame_timeout:
-                    logger.warning("request plane: frame incomplete after %.0fs; closing",
-                                   self.frame_timeout)
+                    logger.warning(
+                        "request plane: frame incomplete after %.0fs; closing", self.frame_timeout
+                    )
                     conn.abort()
                 elif now - conn.last_activity > self.idle_timeout:
-                    logger.debug("request plane: closing a connection idle for %.0fs",
-                                 self.idle_timeout)
+                    logger.debug(
+                        "request plane: closing a connection idle for %.0fs", self.idle_timeout
+                    )
                     conn.close()
 
     async def close(self) -> None:

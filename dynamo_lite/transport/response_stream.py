@@ -13,10 +13,10 @@ nothing more is written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 from ..protocol import control, twopart
 from ..protocol.errors import ProtocolError
@@ -51,7 +51,8 @@ class ResponseStream(asyncio.Protocol):
 
     # --- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses; same interface.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -131,9 +132,15 @@ class ResponseStream(asyncio.Protocol):
 
     async def wait_closed(self, timeout: float) -> None:
         """Wait for the frontend to close, then make sure the socket is closed."""
-        if self._transport is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._closed), timeout)
+        closed = self._closed
+        if self._transport is not None and not closed.done() and timeout > 0:
+            # A timer that resolves the same future: cheaper per request than
+            # wait_for(shield(...)), which wraps the future in a task.
+            timer = asyncio.get_running_loop().call_later(timeout, _resolve, closed)
+            try:
+                await closed
+            finally:
+                timer.cancel()
         self.close()
 
     def close(self) -> None:
@@ -143,6 +150,11 @@ class ResponseStream(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def open_stream(
@@ -155,15 +167,13 @@ async def open_stream(
     """Dial the frontend and send the handshake and the OK prologue."""
     loop = asyncio.get_running_loop()
     host, port = address
-    _transport, stream = await asyncio.wait_for(
-        loop.create_connection(
+    async with asyncio.timeout(timeout):
+        _transport, stream = await loop.create_connection(
             lambda: ResponseStream(on_cancel),
             host,
             port,
             ssl=ssl_context,
             server_hostname=host if ssl_context is not None else None,
-        ),
-        timeout,
-    )
+        )
     stream.write(control.handshake_frame(subject) + control.PROLOGUE_OK_FRAME)
     return stream

@@ -82,7 +82,7 @@ class LifecycleEngine(_sample.SampleEngine):  # type: ignore[misc,name-defined]
         return engine, config
 
     async def start(self, worker_id: int) -> EngineConfig:
-        record("start", worker_id=worker_id)
+        record("start", worker_id=worker_id, loop=type(asyncio.get_running_loop()).__module__)
         delay = float(os.environ.get("PROBE_DELAY_START", "0") or 0)
         if delay:
             await asyncio.sleep(delay)

@@ -5,7 +5,7 @@
     python bench/hotspots.py --concurrency 128 --tokens 16 --top 30
     python bench/hotspots.py --imports-only
 
-1. The worker (bench/lite_engine.py, as in run.py) runs under ``python -m
+1. The worker (examples/sample_engine.py, as in run.py) runs under ``python -m
    cProfile`` behind the stock frontend; the load generator streams at the
    given concurrency; then the worker gets SIGTERM and the profile is printed
    sorted by own time, with each function's cost per streamed token. cProfile
@@ -94,13 +94,13 @@ def _trim(text: str) -> str:
 
 def imports(s: bench.Settings, top: int) -> None:
     code = (
-        "import sys, re; sys.path.insert(0, sys.argv[1]); import lite_engine\n"
+        "import sys, re; sys.path.insert(0, sys.argv[1]); import sample_engine\n"
         "rss = int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
         "print('RSS_KIB', rss)"
     )
     env = loopback_env(s.workdir, PYTHONPATH=str(bench.REPO))
     res = subprocess.run(
-        [str(s.lite_python), "-X", "importtime", "-c", code, str(bench.BENCH)],
+        [str(s.lite_python), "-X", "importtime", "-c", code, str(bench.REPO / "examples")],
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     entries: list[tuple[int, int, str]] = []
@@ -135,9 +135,8 @@ def main() -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--imports-only", action="store_true")
     p.add_argument("--stock-venv")
-    p.add_argument("--lite-engine", choices=["stockalike", "example"], default="stockalike")
     a = p.parse_args()
-    argv = ["--variants", "none", "--lite-engine", a.lite_engine,
+    argv = ["--variants", "none",
             "--workdir", tempfile.mkdtemp(prefix="dynlite-hotspots-")]  # fmt: skip
     if a.stock_venv:
         argv += ["--stock-venv", a.stock_venv]

@@ -113,7 +113,7 @@ class Settings:
     json_path: Path | None = None
     #: Windows per measurement: 2 repeats one that other processes disturbed.
     attempts: int = 2
-    lite_engine: Path = BENCH / "lite_engine.py"
+    lite_engine: Path = REPO / "examples" / "sample_engine.py"
     #: Remove ``workdir`` after a successful run (it was a temporary directory).
     remove_workdir: bool = False
     kinds: list[Kind] = field(default_factory=list)
@@ -929,13 +929,6 @@ def settings(argv: list[str] | None) -> Settings:
         "msgpack, no uvloop), 'uvloop' (uvloop borrowed from the stock venv), "
         "or 'none'",
     )
-    p.add_argument(
-        "--lite-engine",
-        choices=["stockalike", "example"],
-        default="stockalike",
-        help="stockalike (default): examples/sample_engine.py yielding to the loop before every "
-        "token like the stock engine (bench/lite_engine.py); example: the example unchanged",
-    )
     p.add_argument("--workdir", help="keep models, logs and discovery files here")
     p.add_argument("--json", help="write the raw results here (default bench/results/)")
     a = p.parse_args(argv)
@@ -974,11 +967,6 @@ def settings(argv: list[str] | None) -> Settings:
         json_path=Path(a.json) if a.json else None,
         remove_workdir=not a.workdir,
         attempts=1 if quick else 2,
-        lite_engine=(
-            BENCH / "lite_engine.py"
-            if a.lite_engine == "stockalike"
-            else REPO / "examples" / "sample_engine.py"
-        ),
     )
     s.kinds = [
         Kind("stock", "stock", s.stock_python, stock=True),

@@ -34,6 +34,8 @@ engine, pointing at the ``engine.generate`` span when there is one.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import sys
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Literal
@@ -41,16 +43,32 @@ from typing import Any, Literal
 from .context import Context
 from .errors import classify
 
-try:
-    from opentelemetry import trace as _trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+# opentelemetry is imported only once someone uses it: configuring a tracer
+# provider means importing ``opentelemetry.trace``, so a process that never did
+# cannot have one, and pays neither the import time nor the memory.
+_trace: Any = None
+_PROPAGATOR: Any = None
+_NOOP_PROVIDERS: tuple[type, ...] = ()
+_loaded: bool | None = None
 
-    _PROPAGATOR: Any = TraceContextTextMapPropagator()
-    _NOOP_PROVIDERS: tuple[type, ...] = (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)
-except ImportError:  # the optional dependency is absent: tracing is off
-    _trace = None  # type: ignore[assignment]
-    _PROPAGATOR = None
-    _NOOP_PROVIDERS = ()
+
+def _load() -> bool:
+    global _trace, _PROPAGATOR, _NOOP_PROVIDERS, _loaded
+    if _loaded is None:
+        try:
+            from opentelemetry import trace
+            from opentelemetry.trace.propagation.tracecontext import (
+                TraceContextTextMapPropagator,
+            )
+        except ImportError:  # the optional dependency is absent: tracing is off
+            _loaded = False
+        else:
+            _trace = trace
+            _PROPAGATOR = TraceContextTextMapPropagator()
+            _NOOP_PROVIDERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+            _loaded = True
+    return _loaded
+
 
 __all__ = [
     "SPAN_NAME",
@@ -90,7 +108,7 @@ def use_tracer_provider(provider: Any) -> None:
 
 
 def _tracer() -> Any:
-    assert _trace is not None
+    assert _load()
     if _provider is not None:
         return _provider.get_tracer(TRACER_NAME)
     return _trace.get_tracer(TRACER_NAME)
@@ -98,12 +116,14 @@ def _tracer() -> Any:
 
 def available() -> bool:
     """True when ``opentelemetry-api`` is importable."""
-    return _trace is not None
+    return importlib.util.find_spec("opentelemetry.trace") is not None
 
 
 def active() -> bool:
     """True when spans would go somewhere: the API is installed and a real provider set."""
-    if _trace is None:
+    if _provider is None and "opentelemetry.trace" not in sys.modules:
+        return False
+    if not _load():
         return False
     return _provider is not None or not isinstance(_trace.get_tracer_provider(), _NOOP_PROVIDERS)
 

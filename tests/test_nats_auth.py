@@ -114,3 +114,49 @@ def test_wrong_password_fails_startup(tiny_model: Path, file_kv: Path, spawn: An
     proc = spawn(worker_argv(tiny_model, extra=["--request-plane", "nats"]), env=env)
     assert proc.wait(30) == 1
     assert "cannot connect to NATS" in proc.log_text()
+
+
+def test_nkey_authentication(
+    tiny_model: Path, file_kv: Path, tmp_path: Path, spawn: Any, stock_frontend: Any
+) -> None:
+    nkeys = pytest.importorskip("nkeys")
+    import os
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(seed).public_key.decode()
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    # The worker signs in with its nkey; the frontend with a password.
+    conf.write_text(
+        f'listen: "{LOOPBACK}:{port}"\n'
+        "authorization {\n"
+        f'  users = [ {{ nkey: "{public}" }}, {{ user: "fe", password: "pw" }} ]\n'
+        "}\n"
+    )
+    spawn([str(nats_server_binary()), "-c", str(conf)], name="nats-nkey")
+    wait_port(LOOPBACK, port, timeout=15)
+    url = f"nats://{LOOPBACK}:{port}"
+    fe = stock_frontend(
+        discovery="file",
+        file_kv=file_kv,
+        extra_args=["--request-plane", "nats"],
+        env={"NATS_SERVER": url, "NATS_AUTH_USERNAME": "fe", "NATS_AUTH_PASSWORD": "pw"},
+    )
+    seed_file = tmp_path / "worker.nk"
+    seed_file.write_bytes(seed)
+    for source in (seed.decode(), str(seed_file)):  # the seed itself, or a file holding it
+        proc = spawn(
+            worker_argv(tiny_model, extra=["--request-plane", "nats"]),
+            env=worker_env(file_kv=file_kv, NATS_SERVER=url, NATS_AUTH_NKEY=source),
+            name="lite-nkey",
+        )
+        fe.wait_model(str(tiny_model), timeout=30)
+        r = httpx.post(
+            fe.url("/v1/completions"),
+            timeout=30,
+            json={"model": str(tiny_model), "prompt": "hi", "max_tokens": 2},
+        )
+        assert r.status_code == 200, r.text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        fe.wait_model(str(tiny_model), present=False, timeout=10)

@@ -493,7 +493,9 @@ def test_spans_of_failed_and_cancelled_requests(
 def test_tracing_is_off_without_a_provider_or_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = Context("r", trace_headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})
     assert not telemetry.active()  # the API's default proxy provider: nothing to export to
+    # As if opentelemetry-api were not installed.
     monkeypatch.setattr(telemetry, "_trace", None)
+    monkeypatch.setattr(telemetry, "_loaded", False)
     assert not telemetry.active()
     proxy = telemetry.current_span(ctx)
     proxy.set_attribute("k", 1)
@@ -506,3 +508,11 @@ def test_tracing_is_off_without_a_provider_or_the_api(monkeypatch: pytest.Monkey
         "trace_headers": {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
     }
     assert telemetry.engine_trace_kwargs(Context("x")) == {}
+
+
+def test_opentelemetry_is_not_imported_until_used() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, dynamo_lite.run; assert 'opentelemetry' not in sys.modules, 'imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

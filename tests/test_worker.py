@@ -306,3 +306,29 @@ async def test_missing_model_dir_fails_startup(tmp_path: Path) -> None:
     )
     assert await worker.run() == 1
     assert engine.calls[-1] == "cleanup"
+
+
+async def test_requests_during_grace_are_served_then_unavailable(model_dir: Path) -> None:
+    engine = ScriptedEngine()
+    async with running(engine, model_dir, grace_period=1.0) as h:
+        instance = (await h.client.instances())[0]
+        # A long request keeps the worker in its drain after the grace period.
+        long = await h.client.generate(
+            {"token_ids": [1], "stop_conditions": {"max_tokens": 100_000}}, instance=instance
+        )
+        h.worker.request_shutdown()
+        await asyncio.sleep(0.1)
+        assert await h.client.instances() == []  # unregistered at once
+        # The frontend may not have seen that yet: what still arrives is served.
+        stream = await h.client.generate(
+            {"token_ids": [1], "stop_conditions": {"max_tokens": 3}}, instance=instance
+        )
+        assert (await stream.collect())[-1]["finish_reason"] == "length"
+        while h.worker.lifecycle.state is State.GRACE:
+            await asyncio.sleep(0.02)
+        assert h.worker.lifecycle.state is State.DRAINING
+        # After the grace period: the "unavailable" ack, answered at once.
+        with pytest.raises(Rejected) as err:
+            await h.client.generate({"token_ids": [1]}, instance=instance)
+        assert err.value.reply.startswith("Server unavailable: ")
+        await long.cancel()

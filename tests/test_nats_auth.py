@@ -160,3 +160,23 @@ def test_nkey_authentication(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
         fe.wait_model(str(tiny_model), present=False, timeout=10)
+
+
+def test_creds_file_authentication(
+    tiny_model: Path, file_kv: Path, tmp_path: Path, spawn: Any, stock_frontend: Any
+) -> None:
+    pytest.importorskip("nkeys")
+    from tests.support.nats_jwt import make_operator_setup
+
+    port = free_port()
+    setup = make_operator_setup(tmp_path / "operator", LOOPBACK, port)
+    spawn([str(nats_server_binary()), "-c", str(setup.server_conf)], name="nats-operator")
+    wait_port(LOOPBACK, port, timeout=15)
+    serve_chat(
+        f"nats://{LOOPBACK}:{port}",
+        {"NATS_AUTH_CREDENTIALS_FILE": str(setup.creds)},
+        tiny_model,
+        file_kv,
+        spawn,
+        stock_frontend,
+    )

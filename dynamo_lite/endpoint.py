@@ -61,6 +61,12 @@ CLOSE_WAIT = 10.0
 AFTER_TERMINAL = 0.05
 
 
+def _closing_frames(codec: Codec, error: WireError | None) -> bytes:
+    """The end of a stream: an optional error item, ``complete_final``, the sentinel."""
+    end = items.COMPLETE_FINAL_FRAME[codec] + control.SENTINEL_FRAME
+    return end if error is None else items.error_frame(codec, error.to_wire()) + end
+
+
 @dataclass
 class EndpointStats:
     requests: int = 0
@@ -256,14 +262,9 @@ class Endpoint:
         assert stream is not None
         if error is not None:
             self.stats.errors += 1
-            stream.write_final(
-                items.error_frame(req.codec, error.to_wire())
-                + items.COMPLETE_FINAL_FRAME[req.codec]
-                + control.SENTINEL_FRAME
-            )
         else:
             self.stats.completed += 1
-            stream.write_final(items.COMPLETE_FINAL_FRAME[req.codec] + control.SENTINEL_FRAME)
+        stream.write_final(_closing_frames(req.codec, error))
 
     async def _pump(self, req: _Request, body: bytes) -> None:
         stream = req.stream
@@ -372,11 +373,7 @@ class Endpoint:
             stream = req.stream
             if stream is not None and stream.is_open:
                 count += 1
-                stream.write_final(
-                    items.error_frame(req.codec, error.to_wire())
-                    + items.COMPLETE_FINAL_FRAME[req.codec]
-                    + control.SENTINEL_FRAME
-                )
+                stream.write_final(_closing_frames(req.codec, error))
         self.stats.cut += count
         return count
 

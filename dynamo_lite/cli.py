@@ -125,17 +125,19 @@ def _pump_worker_log(proc: subprocess.Popen[str], printer: _Printer, lines: list
         except ValueError:
             printer.say("worker", line)
             continue
-        level = event.get("level")
-        if event.get("event") == "lifecycle" or "from_state" in event:
+        # The worker logs JSON lines with the stock keys (time, level, target, message).
+        level = str(event.get("level", "")).lower()
+        message = event.get("message", event.get("event", ""))
+        if "from_state" in event:
             printer.say(
                 "worker",
                 f"lifecycle {event['from_state']} → {event['to_state']}"
                 f"  ({event['reason']}, +{event['elapsed']:.3f}s)",
             )
-        elif level in ("info", "warning", "error") or (
+        elif level in ("info", "warn", "warning", "error") or (
             level == "debug" and event.get("target") in ("dynamo_lite.endpoint", "__main__")
         ):
-            printer.say("worker", f"[{level}] {event.get('event', '')}")
+            printer.say("worker", f"[{level}] {message}")
 
 
 async def _demo_requests(model_dir: Path, kv: Path, printer: _Printer, served: str) -> None:

@@ -24,32 +24,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from procs import cpu_snapshot
 
 Open = Callable[[str, dict[str, Any]], Awaitable[AsyncIterator[Any]]]
 
 
-def _cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return float("nan")
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _busy() -> float:
-    with open("/proc/stat", "rb") as f:
-        vals = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(vals) - vals[3] - vals[4]) / CLK_TCK
-
-
 def _snapshot(pids: dict[str, int]) -> dict[str, float]:
-    snap = {name: _cpu(pid) for name, pid in pids.items()}
-    snap["client"] = time.process_time()
-    snap["machine"] = _busy()
-    return snap
+    return cpu_snapshot(pids, "client")
 
 
 def request(tokens: int) -> dict[str, Any]:

@@ -21,40 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import statistics
 import sys
 import time
 from typing import Any
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from procs import cpu_snapshot
+
 _LENGTH = b'"finish_reason":"length"'
 _DONE = b"data: [DONE]"
 _TERMINATOR = b"\r\n0\r\n\r\n"
 
 
-def _cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return float("nan")
-    fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _busy() -> float:
-    with open("/proc/stat", "rb") as f:
-        vals = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(vals) - vals[3] - vals[4]) / CLK_TCK
-
-
 def _snapshot(pids: dict[str, int]) -> dict[str, float]:
-    snap = {name: _cpu(pid) for name, pid in pids.items()}
-    snap["loadgen"] = time.process_time()
-    snap["machine"] = _busy()
-    return snap
+    return cpu_snapshot(pids, "loadgen")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -97,6 +97,20 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
+def cpu_snapshot(pids: Mapping[str, int], own: str) -> dict[str, float]:
+    """CPU seconds so far of each named process (NaN once gone), of this process
+    (as ``own``) and of the whole machine (``machine``)."""
+    snap: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            snap[name] = cpu_seconds(pid)
+        except OSError:
+            snap[name] = float("nan")
+    snap[own] = time.process_time()
+    snap["machine"] = machine_busy_seconds()[0]
+    return snap
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

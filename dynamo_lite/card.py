@@ -173,6 +173,17 @@ class ModelFiles:
         return cls(root, files, max_pos)
 
 
+def served_model_name(worker: WorkerConfig, engine: EngineConfig | None) -> str:
+    """The name clients ask for: the card's ``display_name``.
+
+    ``WorkerConfig.served_model_name`` > ``EngineConfig.served_model_name`` >
+    ``EngineConfig.model`` > ``WorkerConfig.model_name`` (stock precedence).
+    """
+    if engine is None:
+        return worker.served_model_name or worker.model_name
+    return worker.served_model_name or engine.served_model_name or engine.model or worker.model_name
+
+
 def build_card(
     files: ModelFiles,
     worker: WorkerConfig,
@@ -191,9 +202,7 @@ def build_card(
     is off unless asked for (dynamo_lite serves no KV query endpoint), and
     always off for encode.
     """
-    display = (
-        worker.served_model_name or engine.served_model_name or engine.model or worker.model_name
-    )
+    display = served_model_name(worker, engine)
     llm = engine.llm or LlmRegistration()
     mode = worker.disaggregation_mode
     model_type = model_type_string(worker.endpoint_types, mode)

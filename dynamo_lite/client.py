@@ -32,7 +32,6 @@ from typing import Any, cast
 
 from .config import RuntimeSettings
 from .discovery import EndpointId, KvStore, open_store
-from .errors import DynamoException
 from .protocol import codec as wire_codec
 from .protocol import control, items, twopart
 from .protocol import request_plane as rp
@@ -495,7 +494,3 @@ class Client:
             self._subjects.pop(subject, None)
             raise Rejected(reply.decode(errors="replace"))
         return stream
-
-
-def is_dynamo_error(exc: BaseException) -> bool:
-    return isinstance(exc, RemoteError | DynamoException)

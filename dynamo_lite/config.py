@@ -145,10 +145,6 @@ class WorkerConfig:
         kwargs.update(overrides)
         return cls(**kwargs)
 
-    @property
-    def served_name(self) -> str:
-        return self.served_model_name or self.model_name
-
 
 # --- environment -------------------------------------------------------------
 

@@ -54,6 +54,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from .card import served_model_name
+
 if TYPE_CHECKING:
     from .canary import HealthMonitor
     from .config import WorkerConfig
@@ -288,18 +290,6 @@ def _field(snapshot: Any, name: str) -> Any:
     return getattr(snapshot, name, None)
 
 
-def served_name(config: WorkerConfig, engine_config: EngineConfig | None) -> str:
-    """The served model name, chosen as the model card chooses its display name."""
-    if engine_config is None:
-        return config.served_model_name or config.model_name
-    return (
-        config.served_model_name
-        or engine_config.served_model_name
-        or engine_config.model
-        or config.model_name
-    )
-
-
 def extra_labels(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     """``WorkerConfig.metrics_labels`` as a dict (``le`` and ``quantile`` refused).
 
@@ -351,7 +341,7 @@ class WorkerMetrics(Collector):
 
     def _model_labels(self) -> dict[str, str]:
         labels = self._endpoint_labels() if self.source.instance_id is not None else {}
-        name = served_name(self.source.config, self.source.engine_config)
+        name = served_model_name(self.source.config, self.source.engine_config)
         return {**labels, MODEL: name, MODEL_NAME: name}
 
     # --- Collector -------------------------------------------------------------

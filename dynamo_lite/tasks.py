@@ -39,9 +39,6 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(list(self._tasks))
-
     async def join(self, timeout: float | None = None) -> bool:
         """Wait until every task finished; False if the deadline passed first."""
         if not self._tasks:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .canary import HealthMonitor, HealthSettings, resolve_payload
-from .card import ModelFiles, build_card, slugify
+from .card import ModelFiles, build_card, served_model_name, slugify
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig, detect_host
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .discovery import keys as dkeys
@@ -423,9 +423,8 @@ class Worker:
             name: await asyncio.to_thread(path.read_bytes)
             for name, (path, _checksum, _size) in files.files.items()
         }
-        cfg, ec = self.config, self.engine_config
-        assert ec is not None
-        slug = slugify(cfg.served_model_name or ec.served_model_name or ec.model or cfg.model_name)
+        cfg = self.config
+        slug = slugify(served_model_name(cfg, self.engine_config))
         prefix = f"/v1/metadata/{cfg.namespace}/{cfg.component}/{cfg.endpoint}/{slug}/_base/"
         host = self.settings.system_host
         if host in ("", "0.0.0.0", "::"):

@@ -50,14 +50,6 @@ def error_frame(codec: Codec, error: dict[str, Any]) -> bytes:
     )
 
 
-def legacy_error_frame(codec: Codec, message: str) -> bytes:
-    return twopart.encode_body_only(
-        _codec.encode(
-            codec, {"data": {"event": "error", "comment": [message]}, "complete_final": False}
-        )
-    )
-
-
 COMPLETE_FINAL_FRAME: dict[Codec, bytes] = {
     c: twopart.encode_body_only(_codec.encode(c, {"complete_final": True})) for c in _codec.CODECS
 }

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
 from typing import Protocol, cast
 
 from ..protocol import request_plane as rp
@@ -127,13 +126,11 @@ class RequestPlaneServer:
         self.endpoints: dict[str, Admitter] = {}
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
-        #: Reply for frames arriving when no endpoint is open (during teardown).
-        self.closed_reply: Callable[[str], bytes] = rp.unknown_endpoint_reply
 
     def admit(self, frame: rp.RequestFrame) -> bytes:
         endpoint = self.endpoints.get(frame.path)
         if endpoint is None:
-            return self.closed_reply(frame.path)
+            return rp.unknown_endpoint_reply(frame.path)
         return endpoint.admit(frame)
 
     async def start(self, bind_host: str | None = None) -> int:

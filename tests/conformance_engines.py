@@ -10,12 +10,8 @@ so an engine broken twice is reported for whichever check comes first.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from dynamo_lite import (
@@ -31,30 +27,17 @@ from dynamo_lite import (
     WorkerConfig,
     ZmqSource,
 )
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def _load_example(filename: str, module_name: str) -> ModuleType:
-    """Import ``examples/<filename>`` by path (examples/ is not a package)."""
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / filename)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.engines.examples_loader import load_example
 
 
 def load_sample_engine() -> Any:
     """``examples/sample_engine.py``'s ``SampleEngine(model_name, max_tokens, delay)``."""
-    return _load_example("sample_engine.py", "sample_engine").SampleEngine
+    return load_example("sample_engine.py").SampleEngine
 
 
 def load_my_backend() -> Any:
     """The seed guide's ``MyBackend(model_name, max_tokens=16)`` from ``examples/my_backend.py``."""
-    return _load_example("my_backend.py", "my_backend").MyBackend
+    return load_example("my_backend.py").MyBackend
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

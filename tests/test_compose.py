@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import shlex
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import yaml
 
 from dynamo_lite.config import ENV_VARS
+from tests.engines.examples_loader import load_example
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text())
@@ -49,20 +49,11 @@ def test_frontend_is_the_stock_one() -> None:
     assert f"{port}:{port}" in SERVICES["frontend"]["ports"]
 
 
-def _load_sample_engine() -> Any:
-    path = REPO / "examples" / "sample_engine.py"
-    spec = importlib.util.spec_from_file_location("compose_sample_engine", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_worker_command_is_accepted_by_the_sample_engine() -> None:
     words = shell_of("worker")
     i = words.index("/src/examples/sample_engine.py")
     argv = words[i + 1 :]
-    module = _load_sample_engine()
+    module = load_example("sample_engine.py")
     _engine, config = asyncio.run(module.SampleEngine.from_args(argv))
     assert config.discovery_backend == "etcd"
     assert config.namespace == "dynamo"

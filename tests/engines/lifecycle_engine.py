@@ -20,10 +20,8 @@ file-descriptor counts (for leak checks).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
-import sys
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -38,13 +36,9 @@ from dynamo_lite import (
     WorkerConfig,
     run,
 )
+from tests.engines.examples_loader import load_example
 
-_SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample_engine.py"
-_spec = importlib.util.spec_from_file_location("lifecycle_sample_engine", _SAMPLE)
-assert _spec is not None and _spec.loader is not None
-_sample = importlib.util.module_from_spec(_spec)
-sys.modules["lifecycle_sample_engine"] = _sample
-_spec.loader.exec_module(_sample)
+SampleEngine: Any = load_example("sample_engine.py").SampleEngine
 
 
 def record(kind: str, **fields: Any) -> None:
@@ -72,7 +66,7 @@ async def hook(name: str, *, snapshot: bool = False) -> None:
         raise RuntimeError(f"probe: {name} failed on purpose")
 
 
-class LifecycleEngine(_sample.SampleEngine):  # type: ignore[misc,name-defined]
+class LifecycleEngine(SampleEngine):  # type: ignore[misc]
     quiescent_calls = 0
 
     @classmethod

@@ -25,10 +25,8 @@ A real request with ``"stall_secs": s`` yields one token, goes silent for
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
-import sys
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -46,13 +44,9 @@ from dynamo_lite import (
 )
 from dynamo_lite.health_check import build_health_check_payload, is_probe
 from dynamo_lite.metrics import EngineMetrics, register_engine_registry
+from tests.engines.examples_loader import load_example
 
-_SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample_engine.py"
-_spec = importlib.util.spec_from_file_location("observability_sample_engine", _SAMPLE)
-assert _spec is not None and _spec.loader is not None
-_sample = importlib.util.module_from_spec(_spec)
-sys.modules["observability_sample_engine"] = _sample
-_spec.loader.exec_module(_sample)
+SampleEngine: Any = load_example("sample_engine.py").SampleEngine
 
 
 def record(kind: str, **fields: Any) -> None:
@@ -72,7 +66,7 @@ def probe_mode() -> str:
         return "ok"
 
 
-class ObservabilityEngine(_sample.SampleEngine):  # type: ignore[misc,name-defined]
+class ObservabilityEngine(SampleEngine):  # type: ignore[misc]
     registry: CollectorRegistry | None = None
     served: Counter | None = None
 

@@ -23,7 +23,6 @@ module (the pure-mode test checks none is third-party compiled code).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import sys
@@ -48,16 +47,12 @@ from dynamo_lite.disagg import (
     is_probe,
     require_prefill_result,
 )
+from tests.engines.examples_loader import load_example
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import faults
 
-_SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample_engine.py"
-_spec = importlib.util.spec_from_file_location("probe_sample_engine", _SAMPLE)
-assert _spec is not None and _spec.loader is not None
-_sample = importlib.util.module_from_spec(_spec)
-sys.modules["probe_sample_engine"] = _sample
-_spec.loader.exec_module(_sample)
+SampleEngine: Any = load_example("sample_engine.py").SampleEngine
 
 
 def record(kind: str, **fields: Any) -> None:
@@ -77,7 +72,7 @@ def loaded_extension_modules() -> list[str]:
     return sorted(out)
 
 
-class ProbeEngine(_sample.SampleEngine):  # type: ignore[misc,name-defined]
+class ProbeEngine(SampleEngine):  # type: ignore[misc]
     mode = DisaggregationMode.AGGREGATED
 
     @classmethod

@@ -32,6 +32,7 @@ from typing import Any, cast
 
 from .config import RuntimeSettings
 from .discovery import EndpointId, KvStore, open_store
+from .netaddr import advertise_host, format_host_port
 from .protocol import codec as wire_codec
 from .protocol import control, items, twopart
 from .protocol import request_plane as rp
@@ -353,7 +354,7 @@ class Client:
         discovery_backend: str = "etcd",
         store: KvStore | None = None,
         settings: RuntimeSettings | None = None,
-        response_host: str = "127.0.0.1",
+        response_host: str | None = None,
         ack_timeout: float = 5.0,
         item_timeout: float | None = 60.0,
         tls: TcpTls | None = None,
@@ -363,7 +364,8 @@ class Client:
         self.endpoint_id = EndpointId(namespace, component, endpoint)
         self._store = store if store is not None else open_store(discovery_backend, settings)
         self._own_store = store is None
-        self.response_host = response_host
+        # As the stock frontend: DYN_TCP_RESPONSE_STREAM_HOST, else the chosen address.
+        self.response_host = response_host or advertise_host("DYN_TCP_RESPONSE_STREAM_HOST")
         self.ack_timeout = ack_timeout
         self.item_timeout = item_timeout
         self._subjects: dict[str, ResponseStream] = {}
@@ -392,7 +394,7 @@ class Client:
             ssl_handshake_timeout=self.tls.handshake_timeout if server_ssl else None,
         )
         port = self._server.sockets[0].getsockname()[1]
-        self._address = f"{self.response_host}:{port}"
+        self._address = format_host_port(self.response_host, port)
 
     async def close(self) -> None:
         for conn in self._connections.values():

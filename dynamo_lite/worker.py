@@ -29,6 +29,7 @@ from .errors import InvalidArgument
 from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import WorkerMetrics
+from .netaddr import system_url_host, url_host
 from .system_server import Health, Response, SystemServer
 from .transport.nats_plane import NatsError, NatsRequestPlane, subject_for
 from .transport.request_plane import RequestPlaneServer
@@ -312,9 +313,10 @@ class Worker:
             self.nats = NatsRequestPlane()
             await self.nats.connect()
         else:
-            host = s.tcp_host
+            # As stock: bound to, and advertised as, the chosen address.
+            host = s.tcp_host or detect_host()
             self.server = RequestPlaneServer(
-                host or "0.0.0.0",
+                host,
                 s.tcp_port,
                 max_message_size=s.max_message_size,
                 ssl_context=server_ssl,
@@ -324,7 +326,7 @@ class Worker:
                 max_connections=s.max_connections,
             )
             port = await self.server.start()
-            self.advertised = (host or detect_host(), port)
+            self.advertised = (host, port)
         self.store.on_lost = self._on_lease_lost
         self.store.on_recovered = self._on_lease_recovered
         self.instance_id = await self.store.open()
@@ -426,10 +428,8 @@ class Worker:
         cfg = self.config
         slug = slugify(served_model_name(cfg, self.engine_config))
         prefix = f"/v1/metadata/{cfg.namespace}/{cfg.component}/{cfg.endpoint}/{slug}/_base/"
-        host = self.settings.system_host
-        if host in ("", "0.0.0.0", "::"):
-            host = detect_host()
-        base = f"http://{host}:{server.port}{prefix}"
+        host = system_url_host(self.settings.system_host)
+        base = f"http://{url_host(host)}:{server.port}{prefix}"
 
         def serve_file(method: str, path: str) -> Response:
             body = contents.get(path[len(prefix) :]) if path.startswith(prefix) else None

@@ -40,6 +40,9 @@ _SERVICE_FIXTURES = frozenset({"etcd", "etcd_session", "nats", "nats_session"})
 
 def pytest_configure(config: pytest.Config) -> None:
     install_signal_handlers()
+    # In-process clients advertise a call-home address chosen like the stock
+    # frontend's; tests outside the namespaces they make stay on loopback.
+    os.environ.setdefault("DYN_TCP_RESPONSE_STREAM_HOST", "127.0.0.1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

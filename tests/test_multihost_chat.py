@@ -1,0 +1,91 @@
+"""Chat, streaming and cancellation across hosts, the stock worker as control.
+
+Every process runs on its own network-namespace host with no ``DYN_*_HOST``
+set and no default route (an isolated cluster network); the frontend host
+cannot see the model directory, so it reads the tokenizer and config through
+the worker's self-hosted URLs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Cluster, tcp_host_of
+from tests.support.lite import events_of, wait_until
+
+pytestmark = pytest.mark.interop
+
+
+def _sse(text: str) -> list[dict[str, object]]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            out.append(json.loads(line[6:]))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["lite", "stock"])
+def test_chat_and_stream_across_hosts_with_the_model_hidden_from_the_frontend(
+    cluster: Cluster, kind: str, tmp_path: Path
+) -> None:
+    host = cluster.worker_host("worker")
+    assert cluster.fe_host.run(["ls", "-A", str(cluster.model_dir)]).stdout == ""
+    if kind == "lite":
+        cluster.start_lite_worker(host, DYN_SYSTEM_PORT="9090")
+    else:
+        cluster.start_stock_worker(host, DYN_SYSTEM_PORT="9090")
+    cluster.start_frontend()
+    (record,) = cluster.wait_instances(1)
+    # The worker's own cluster address, not loopback, for the request plane ...
+    assert tcp_host_of(record) == host.addr
+    (card,) = cluster.card_records()
+    url = card["card_json"]["tokenizer"]["hf_tokenizer_json"]["path"]
+    # ... and for the model files the frontend cannot read locally.
+    assert url.startswith(f"http://{host.addr}:9090/v1/metadata/")
+    cluster.wait_http(lambda r: str(cluster.model_dir) in r.text, "/v1/models", what="model")
+
+    resp = cluster.chat("hello", max_tokens=5)
+    assert resp.status_code == 200, resp.text
+    choice = resp.json()["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["content"]
+
+    resp = cluster.chat("hello", max_tokens=6, stream=True)
+    assert resp.status_code == 200, resp.text
+    chunks = _sse(resp.text)
+    text = "".join(
+        str(c["choices"][0]["delta"].get("content") or "")  # type: ignore[index]
+        for c in chunks
+        if c.get("choices")
+    )
+    assert text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"  # type: ignore[index]
+
+
+def test_cancel_across_hosts_reaches_the_worker(cluster: Cluster, tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    host = cluster.worker_host("worker")
+    cluster.start_lite_worker(host, events=events, DYN_SYSTEM_PORT="9090")
+    cluster.start_frontend()
+    cluster.wait_instances(1)
+    cluster.wait_http(lambda r: str(cluster.model_dir) in r.text, "/v1/models", what="model")
+    body = {
+        "model": str(cluster.model_dir),
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 5000,
+        "stream": True,
+    }
+    with cluster.http() as c, c.stream("POST", "/v1/chat/completions", json=body) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        got = 0
+        for line in lines:
+            if line.startswith("data: "):
+                got += 1
+                if got == 3:
+                    break
+    # Closing the HTTP stream on the client host travels frontend → worker host.
+    wait_until(lambda: events_of(events, "abort"), timeout=30, what="abort on the worker")

@@ -164,9 +164,14 @@ class Cluster:
         script: Path = PROBE_ENGINE,
         extra: Sequence[str] = (),
         name: str | None = None,
+        delay: float = 0.01,
         **env: str | None,
     ) -> ManagedProcess:
-        argv = worker_argv(self.model_dir, discovery="etcd", script=script, extra=extra)
+        # The system port serves the model files to the frontend, which cannot read them.
+        env = {"DYN_SYSTEM_PORT": "9090", **env}
+        argv = worker_argv(
+            self.model_dir, discovery="etcd", script=script, extra=extra, delay=delay
+        )
         full_env = worker_env(etcd_endpoint=self.etcd_endpoint, events=events)
         full_env.update({k: v for k, v in self.env(**env).items() if k not in ("PYTHONPATH",)})
         for key, value in {**NO_HOSTS, **env}.items():
@@ -184,7 +189,7 @@ class Cluster:
             "--model-name", str(self.model_dir), "--namespace", "dynamo",
             "--discovery-backend", "etcd", "--disable-kv-routing", *extra,
         ]  # fmt: skip
-        env = {"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0", **env}
+        env = {"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0", "DYN_SYSTEM_PORT": "9090", **env}
         return host.spawn(
             argv, env=self.env(HOME=str(home), **env), name=name or f"stock-{host.name}"
         )
@@ -252,6 +257,21 @@ class Cluster:
     def card_records(self) -> list[dict[str, Any]]:
         return list(self._range("v1/mdc/dynamo/").values())
 
+    def serving_hosts(self, *hosts: Host) -> list[Host]:
+        """Those of ``hosts`` with a call-home connection open to the frontend."""
+        out = []
+        for host in hosts:
+            rpc_ports = {
+                tcp_port_of(r) for r in self.instance_records() if tcp_host_of(r) == host.addr
+            }
+            res = host.run(["ss", "-tnH", "state", "established", "dst", self.fe_host.addr])
+            for line in res.stdout.splitlines():
+                local = line.split()[-2]
+                if int(local.rpartition(":")[2]) not in rpc_ports:
+                    out.append(host)
+                    break
+        return out
+
     def chat(
         self, content: str = "hello", max_tokens: int = 4, stream: bool = False, **kw: Any
     ) -> httpx.Response:
@@ -274,6 +294,11 @@ class Cluster:
 def copy_model(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def tcp_port_of(record: Mapping[str, Any]) -> int:
+    tcp = str(record["transport"]["tcp"])
+    return int(tcp.partition("/")[0].rpartition(":")[2])
 
 
 def tcp_host_of(record: Mapping[str, Any]) -> str:

@@ -118,8 +118,9 @@ class ProbeEngine(SampleEngine):  # type: ignore[misc]
         if max_tokens == 779:
             raise RuntimeError("probe: internal failure")
         if max_tokens == 1998:
+            flood: Any = {"token_ids": [33], "index": 0, "probe_padding": "x" * 16384}
             while not context.is_stopped():
-                yield {"token_ids": [33], "index": 0, "probe_padding": "x" * 16384}
+                yield flood
                 await asyncio.sleep(0)
             return
         n = 0

@@ -45,7 +45,9 @@ __all__ = [
     "InterfaceTable",
     "advertise_host",
     "choose",
+    "explicit_or_detect",
     "format_host_port",
+    "interface_address",
     "read_table",
     "system_url_host",
     "url_host",
@@ -220,6 +222,45 @@ def detect(family: Family | None = None) -> str:
         return LOOPBACK
 
 
+def interface_address(name: str, table: InterfaceTable | None = None) -> str | None:
+    """The address of the interface called ``name`` (IPv4 first), if there is one."""
+    try:
+        table = read_table() if table is None else table
+    except OSError:
+        return None
+    for iface in table.interfaces:
+        if iface.name == name:
+            return next(iter(iface.ipv4 + iface.ipv6), None)
+    return None
+
+
+def explicit_or_detect(explicit: str | None, variable: str = "") -> str:
+    """An operator's host setting, else the stock choice.
+
+    As stock, the setting may be an IP address or an interface name
+    (``eth1`` → that interface's address). Unlike stock, which refuses them,
+    a host name is kept as given (peers resolve it).
+    """
+    explicit = (explicit or "").strip()
+    if explicit:
+        if _is_ip(explicit) or not Path("/proc/net/route").exists():
+            return explicit
+        return interface_address(explicit) or explicit
+    addr = detect()
+    if addr == LOOPBACK:
+        hint = f"; set {variable} to an address peers can reach" if variable else ""
+        logger.warning("no usable non-loopback address found, advertising %s%s", LOOPBACK, hint)
+    return addr
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def advertise_host(
     variable: str | None = None,
     env: Mapping[str, str] | None = None,
@@ -230,7 +271,7 @@ def advertise_host(
     if variable is not None:
         explicit = (env.get(variable) or "").strip()
         if explicit:
-            return explicit
+            return explicit_or_detect(explicit, variable)
     addr = detect(family)
     if addr == LOOPBACK:
         hint = f"; set {variable} to an address peers can reach" if variable else ""

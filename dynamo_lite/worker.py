@@ -20,7 +20,7 @@ from typing import Any
 
 from .canary import HealthMonitor, HealthSettings, resolve_payload
 from .card import ModelFiles, build_card, served_model_name, slugify
-from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig, detect_host
+from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .discovery import keys as dkeys
 from .endpoint import Endpoint
@@ -29,7 +29,7 @@ from .errors import InvalidArgument
 from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import WorkerMetrics
-from .netaddr import system_url_host, url_host
+from .netaddr import explicit_or_detect, system_url_host, url_host
 from .system_server import Health, Response, SystemServer
 from .transport.nats_plane import NatsError, NatsRequestPlane, subject_for
 from .transport.request_plane import RequestPlaneServer
@@ -314,7 +314,7 @@ class Worker:
             await self.nats.connect()
         else:
             # As stock: bound to, and advertised as, the chosen address.
-            host = s.tcp_host or detect_host()
+            host = explicit_or_detect(s.tcp_host, "DYN_TCP_RPC_HOST")
             self.server = RequestPlaneServer(
                 host,
                 s.tcp_port,

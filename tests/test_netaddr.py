@@ -115,3 +115,18 @@ def test_proc_net_parsing(tmp_path: Path) -> None:
 def test_reads_this_hosts_table() -> None:
     t = netaddr.read_table()
     assert any(i.loopback and "127.0.0.1" in i.ipv4 for i in t.interfaces)
+
+
+def test_an_interface_name_means_its_address_as_in_stock() -> None:
+    t = table(
+        Interface("eth0", 2, True, ipv4=("10.202.0.1",)),
+        Interface("eth1", 3, True, ipv4=("10.201.0.1",)),
+        Interface("v6", 4, True, ipv6=("fd00::1",)),
+    )
+    assert netaddr.interface_address("eth1", t) == "10.201.0.1"
+    assert netaddr.interface_address("v6", t) == "fd00::1"
+    assert netaddr.interface_address("nope", t) is None
+    lo = netaddr.explicit_or_detect("lo")
+    assert lo == "127.0.0.1"
+    assert netaddr.explicit_or_detect("10.1.2.3") == "10.1.2.3"
+    assert netaddr.explicit_or_detect("some-host") == "some-host"

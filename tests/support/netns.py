@@ -45,9 +45,11 @@ import pytest
 
 from tests.support.services import ManagedProcess
 
-__all__ = ["Host", "Lab", "Segment", "lab_or_fail", "netns_problem"]
+__all__ = ["Bind", "Host", "Lab", "Segment", "lab_or_fail", "netns_problem"]
 
 _CLONE_NEWNET = 0x40000000
+#: A bind mount: (source, target, read-only).
+Bind = tuple[Path, Path, bool]
 _libc = ctypes.CDLL(None, use_errno=True)
 _LABS: set[Lab] = set()
 _LABS_LOCK = threading.Lock()
@@ -196,20 +198,31 @@ class Host:
 
     # -- processes ---------------------------------------------------------------
 
-    def argv(self, argv: Sequence[str | os.PathLike[str]]) -> list[str]:
-        """``argv`` run on this host (its network and a private mount namespace)."""
+    def argv(self, argv: Sequence[str | os.PathLike[str]], binds: Sequence[Bind] = ()) -> list[str]:
+        """``argv`` run on this host (its network and a private mount namespace).
+
+        ``binds`` are ``(source, target, read_only)`` bind mounts made first, like
+        a container's volumes (each target must exist).
+        """
         cmd = [os.fspath(a) for a in argv]
         prefix = ["ip", "netns", "exec", self.ns]
-        if not self.hide:
+        if not self.hide and not binds:
             return prefix + cmd
         # ip netns exec already unshares the mount namespace (slave propagation),
-        # so these tmpfs mounts are seen by this process tree only.
-        mounts = " && ".join(
-            f'mount -t tmpfs -o size=64k,mode=0755 dl-hidden "${{{i + 1}}}"'
-            for i in range(len(self.hide))
-        )
-        script = f'{mounts} && shift {len(self.hide)} && exec "$@"'
-        return [*prefix, "sh", "-c", script, "sh", *map(str, self.hide), *cmd]
+        # so these mounts are seen by this process tree only.
+        steps: list[str] = []
+        params: list[str] = []
+        for path in self.hide:
+            params.append(str(path))
+            steps.append(f'mount -t tmpfs -o size=64k,mode=0755 dl-hidden "${{{len(params)}}}"')
+        for source, target, read_only in binds:
+            params += [str(source), str(target)]
+            src, dst = f'"${{{len(params) - 1}}}"', f'"${{{len(params)}}}"'
+            steps.append(f"mount --bind {src} {dst}")
+            if read_only:
+                steps.append(f"mount -o remount,bind,ro {dst}")
+        script = " && ".join([*steps, f'shift {len(params)} && exec "$@"'])
+        return [*prefix, "sh", "-c", script, "sh", *params, *cmd]
 
     def spawn(
         self,
@@ -220,10 +233,11 @@ class Host:
         log_path: Path | None = None,
         cwd: Path | None = None,
         stop_timeout: float = 20.0,
+        binds: Sequence[Bind] = (),
     ) -> ManagedProcess:
         name = name or f"{self.name}-{Path(os.fspath(argv[0])).name}"
         proc = ManagedProcess(
-            self.argv(argv),
+            self.argv(argv, binds),
             env=env,
             name=name,
             log_path=log_path or self.lab.workdir / f"{name}.log",

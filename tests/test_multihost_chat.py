@@ -9,12 +9,13 @@ the worker's self-hosted URLs.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.cluster import Cluster, tcp_host_of
-from tests.support.lite import events_of, wait_until
+from tests.support.lite import REPO, events_of, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -89,3 +90,28 @@ def test_cancel_across_hosts_reaches_the_worker(cluster: Cluster, tmp_path: Path
                     break
     # Closing the HTTP stream on the client host travels frontend → worker host.
     wait_until(lambda: events_of(events, "abort"), timeout=30, what="abort on the worker")
+
+
+@pytest.mark.parametrize("kind", ["lite", "stock"])
+def test_python_client_on_its_own_host_calls_home_across_hosts(
+    cluster: Cluster, kind: str
+) -> None:
+    """``dynamo-lite request`` on the client host, no ``DYN_*_HOST`` set: the
+    client advertises its own cluster address (it used to say 127.0.0.1, which
+    a worker on another host cannot reach)."""
+    host = cluster.worker_host("worker")
+    if kind == "lite":
+        cluster.start_lite_worker(host)
+    else:
+        cluster.start_stock_worker(host)
+    cluster.wait_instances(1)
+    env = cluster.env(PYTHONPATH=str(REPO))
+    res = cluster.client.run(
+        [sys.executable, "-m", "dynamo_lite", "request", "--max-tokens", "5"],
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    items = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert items[-1].get("finish_reason") == "length", items
+    assert sum(len(i.get("token_ids") or []) for i in items) == 5

@@ -286,6 +286,10 @@ class Cluster:
             return c.post("/v1/chat/completions", json=body)
 
     def close(self) -> None:
+        # Workers and the frontend first, while etcd can still take their goodbyes.
+        for host in self.lab.hosts.values():
+            if host is not self.infra:
+                host.stop_all()
         for server in reversed(self._servers):
             with contextlib.suppress(Exception):
                 server.close()

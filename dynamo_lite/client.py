@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import socket
 import time
 import uuid
@@ -32,7 +33,7 @@ from typing import Any, cast
 
 from .config import RuntimeSettings
 from .discovery import EndpointId, KvStore, open_store
-from .netaddr import advertise_host, format_host_port
+from .netaddr import bind_and_advertise, format_host_port
 from .protocol import codec as wire_codec
 from .protocol import control, items, twopart
 from .protocol import request_plane as rp
@@ -365,7 +366,10 @@ class Client:
         self._store = store if store is not None else open_store(discovery_backend, settings)
         self._own_store = store is None
         # As the stock frontend: DYN_TCP_RESPONSE_STREAM_HOST, else the chosen address.
-        self.response_host = response_host or advertise_host("DYN_TCP_RESPONSE_STREAM_HOST")
+        self._bind_host, self.response_host = bind_and_advertise(
+            response_host or os.environ.get("DYN_TCP_RESPONSE_STREAM_HOST"),
+            "DYN_TCP_RESPONSE_STREAM_HOST",
+        )
         self.ack_timeout = ack_timeout
         self.item_timeout = item_timeout
         self._subjects: dict[str, ResponseStream] = {}
@@ -388,7 +392,7 @@ class Client:
         server_ssl = self.tls.server_context()
         self._server = await loop.create_server(
             lambda: _CallHome(self),
-            self.response_host,
+            self._bind_host,
             0,
             ssl=server_ssl,
             ssl_handshake_timeout=self.tls.handshake_timeout if server_ssl else None,

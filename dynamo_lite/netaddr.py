@@ -44,6 +44,7 @@ __all__ = [
     "Interface",
     "InterfaceTable",
     "advertise_host",
+    "bind_and_advertise",
     "choose",
     "explicit_or_detect",
     "format_host_port",
@@ -251,6 +252,19 @@ def explicit_or_detect(explicit: str | None, variable: str = "") -> str:
         hint = f"; set {variable} to an address peers can reach" if variable else ""
         logger.warning("no usable non-loopback address found, advertising %s%s", LOOPBACK, hint)
     return addr
+
+
+def bind_and_advertise(explicit: str | None, variable: str = "") -> tuple[str, str]:
+    """(address to listen on, address to advertise) for a host setting.
+
+    As stock: a wildcard (``0.0.0.0`` / ``::``) listens everywhere and
+    advertises the chosen address; anything else is both.
+    """
+    value = (explicit or "").strip()
+    if value in ("0.0.0.0", "::"):
+        return value, detect(6 if value == "::" and detect(4) == LOOPBACK else None)
+    host = explicit_or_detect(value, variable)
+    return host, host
 
 
 def _is_ip(value: str) -> bool:

@@ -29,7 +29,7 @@ from .errors import InvalidArgument
 from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import WorkerMetrics
-from .netaddr import explicit_or_detect, system_url_host, url_host
+from .netaddr import bind_and_advertise, system_url_host, url_host
 from .system_server import Health, Response, SystemServer
 from .transport.nats_plane import NatsError, NatsRequestPlane, subject_for
 from .transport.request_plane import RequestPlaneServer
@@ -314,9 +314,9 @@ class Worker:
             await self.nats.connect()
         else:
             # As stock: bound to, and advertised as, the chosen address.
-            host = explicit_or_detect(s.tcp_host, "DYN_TCP_RPC_HOST")
+            bind, host = bind_and_advertise(s.tcp_host, "DYN_TCP_RPC_HOST")
             self.server = RequestPlaneServer(
-                host,
+                bind,
                 s.tcp_port,
                 max_message_size=s.max_message_size,
                 ssl_context=server_ssl,

@@ -152,6 +152,40 @@ def test_worker_advertises_what_stock_advertises(
 
 
 @pytest.mark.interop
+@pytest.mark.parametrize("kind", ["lite", "stock"])
+@pytest.mark.parametrize(
+    ("setting", "advertised"),
+    [("eth1", "10.201.0.1"), ("0.0.0.0", "10.202.0.1"), ("10.201.0.1", "10.201.0.1")],
+)
+def test_explicit_request_plane_host_as_stock_reads_it(
+    lab: Lab, tiny_model: Path, tmp_path: Path, setting: str, advertised: str, kind: str
+) -> None:
+    """``DYN_TCP_RPC_HOST`` may name an interface (its address is advertised) or
+    the wildcard (listen everywhere, advertise the chosen address)."""
+    host = two_nics_no_default(lab)
+    kv = tmp_path / "kv"
+    pin = {"DYN_TCP_RPC_HOST": setting}
+    if kind == "lite":
+        env = unpinned(worker_env(file_kv=kv, DYN_SYSTEM_PORT="9090"))
+        host.spawn(worker_argv(tiny_model), env={**env, **pin}, name="lite")
+    else:
+        env = loopback_env(
+            DYN_FILE_KV=kv,
+            DYN_SYSTEM_PORT="9090",
+            DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS="0",
+            HOME=tmp_path,
+            **NO_HOSTS,
+        )
+        argv = [
+            str(stock_python()), "-m", "dynamo.common.backend.sample_main",
+            "--model-name", str(tiny_model), "--namespace", "dynamo",
+            "--discovery-backend", "file",
+        ]  # fmt: skip
+        host.spawn(argv, env={**env, **pin}, name="stock")
+    assert _advertised(kv)[0] == advertised
+
+
+@pytest.mark.interop
 def test_multi_nic_hosts_work_once_the_cluster_addresses_are_named(cluster: Cluster) -> None:
     """Default route on a management NIC: stock and dynamo_lite both advertise the
     management address (unreachable from the cluster network), and the stock

@@ -130,3 +130,12 @@ def test_an_interface_name_means_its_address_as_in_stock() -> None:
     assert lo == "127.0.0.1"
     assert netaddr.explicit_or_detect("10.1.2.3") == "10.1.2.3"
     assert netaddr.explicit_or_detect("some-host") == "some-host"
+
+
+def test_a_wildcard_setting_listens_everywhere_and_advertises_the_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(netaddr, "detect", lambda family=None: "10.9.9.9")
+    assert netaddr.bind_and_advertise("0.0.0.0") == ("0.0.0.0", "10.9.9.9")
+    assert netaddr.bind_and_advertise("10.1.1.1") == ("10.1.1.1", "10.1.1.1")
+    assert netaddr.bind_and_advertise(None) == ("10.9.9.9", "10.9.9.9")

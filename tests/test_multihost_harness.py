@@ -83,6 +83,20 @@ def test_everything_is_removed_even_when_the_test_fails(tmp_path: Path) -> None:
     assert not list(Path("/etc/netns").glob(f"dl{tag}-*"))
 
 
+def test_namespaces_of_a_killed_run_are_swept(tmp_path: Path) -> None:
+    netns.lab_or_fail()
+    # A run that was SIGKILLed: its pid is gone, its namespace is not.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"dl{dead.pid}x0000-orphan"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        with Lab(tmp_path / "lab"):
+            assert stale not in _namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)
+
+
 def test_missing_namespaces_fail_under_ci_and_skip_elsewhere(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -19,10 +19,14 @@ The test process itself stays in the machine's namespace; :meth:`Host.entered`
 switches the *calling thread* into a host's network namespace (``setns``), so
 a test can be an HTTP client "on" that host without a subprocess.
 
-Namespace names carry a random tag, so parallel runs on one machine never
-collide. Partitions: :meth:`Host.link_down` pulls a host's cable (its switch
-port goes down); :meth:`Host.block` silently drops traffic to one peer
-(blackhole route), which is what a partition between two hosts looks like.
+Namespace names carry the creating process id and a random tag, so parallel
+runs on one machine never collide, and a run that was killed outright leaves
+nothing for long: the next lab removes namespaces whose creator is gone.
+
+Partitions: :meth:`Host.link_down` pulls a host's cable (its switch port goes
+down); :meth:`Host.block` silently drops traffic to one peer (blackhole
+route), which is what a partition between two hosts looks like. Slow links:
+``tc ... tbf`` in a host (this kernel has no ``netem``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import contextlib
 import ctypes
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -299,7 +304,10 @@ class Lab:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.tag = secrets.token_hex(3)
+        _sweep_dead_runs()
+        # The creator's pid in every name lets a later run remove what a killed
+        # (SIGKILLed, so no atexit) run left behind.
+        self.tag = f"{os.getpid()}x{secrets.token_hex(2)}"
         self.switch = f"dl{self.tag}-sw"
         self.hosts: dict[str, Host] = {}
         self.segments: dict[str, Segment] = {}
@@ -366,6 +374,33 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_NS_NAME = re.compile(r"^dl(\d+)x[0-9a-f]+-\S+")
+
+
+def _sweep_dead_runs() -> None:
+    res = _ip("netns", "list", check=False)
+    for line in res.stdout.splitlines():
+        match = _NS_NAME.match(line.strip())
+        if match is None or _alive(int(match.group(1))):
+            continue
+        name = match.group(0)
+        for pid in _ip("netns", "pids", name, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), 9)
+        _ip("netns", "del", name, check=False)
+        shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @atexit.register

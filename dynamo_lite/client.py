@@ -13,6 +13,10 @@ server workers call home to, and yields each response item::
 
 ``await stream.cancel()`` sends ``"kill"`` exactly as the frontend does when
 its HTTP client disconnects.
+
+The call-home address workers dial is ``response_host``, else
+``DYN_TCP_RESPONSE_STREAM_HOST``, else the address the stock frontend would
+choose on this host (:mod:`dynamo_lite.netaddr`).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ unregistration.
 from __future__ import annotations
 
 import signal
-import time
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -8,7 +8,8 @@ itself is run as the control in the main setups):
 * two NICs, the default route on the *other* one → the default-route NIC;
 * two NICs, no default route → the lower interface index;
 * an interface that is down is skipped, a ``docker0`` bridge is not;
-* IPv6 only → the global IPv6 address (link-local never); the system
+* IPv6 only → the global IPv6 address (link-local never), by the same two
+  rules (IPv6 default-route NIC, else lowest index); the system
   server's URLs stay ``127.0.0.1`` because it binds IPv4 ``0.0.0.0``;
 * nothing but loopback → ``127.0.0.1``.
 """
@@ -74,6 +75,16 @@ def dual_stack_v6_default(lab: Lab) -> Host:
     return w
 
 
+def ipv6_two_nics(lab: Lab) -> Host:
+    return lab.host("w", lab.segment("a", "fd00:202::/64"), lab.segment("b", "fd00:201::/64"))
+
+
+def ipv6_default_on_second_nic(lab: Lab) -> Host:
+    w = ipv6_two_nics(lab)
+    w.default_route("fd00:201::fe")
+    return w
+
+
 def loopback_only(lab: Lab) -> Host:
     return lab.host("w")
 
@@ -87,6 +98,8 @@ SETUPS: dict[str, tuple[Setup, str, str]] = {
     "docker_bridge_first": (docker_bridge_first, "172.17.0.1", "172.17.0.1"),
     "ipv6_only": (ipv6_only, "fd00:201::1", "127.0.0.1"),
     "dual_stack_v6_default": (dual_stack_v6_default, "10.201.0.1", "10.201.0.1"),
+    "ipv6_two_nics": (ipv6_two_nics, "fd00:202::1", "127.0.0.1"),
+    "ipv6_default_on_second_nic": (ipv6_default_on_second_nic, "fd00:201::1", "127.0.0.1"),
     "loopback_only": (loopback_only, "127.0.0.1", "127.0.0.1"),
 }
 STOCK_CONTROL = ("isolated", "default_on_other_nic", "ipv6_only")

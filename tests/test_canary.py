@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
 
 from dynamo_lite import WorkerConfig
@@ -241,8 +242,11 @@ async def test_probe_verdicts(mode: str, verdict: str) -> None:
 async def test_stop_cancels_a_probe_in_flight() -> None:
     engine = ProbeEngine("hang")
     m = monitor(engine, timeout=30)
-    m.start()
-    await asyncio.sleep(0.3)  # past the 0.1 s idle wait: a probe is hanging now
-    assert engine.requests
-    await asyncio.wait_for(m.stop(), 5)
+    async with anyio.create_task_group() as tg:
+        await m.start(tg)
+        with anyio.fail_after(5):
+            while not engine.requests:  # past the 0.1 s idle wait: a probe hangs now
+                await asyncio.sleep(0.02)
+        with anyio.fail_after(5):
+            await m.stop()
     assert engine.closed == 1

@@ -66,17 +66,27 @@ async def serve(
         handle_signals=handle_signals,
         hard_exit=None,
     )
+    worker.redeliver_signals = True
+    # Errors are raised outside the task group, which would wrap them in an
+    # exception group; cancellations pass through it untouched.
+    failure: Exception | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker.run, name="dynamo_lite worker")
-        if not await worker.wait_serving():
-            if worker.failure is not None:
-                raise worker.failure
-            why = worker.lifecycle.shutdown_reason
-            raise ShutDownBeforeServing(
-                f"the worker shut down before serving ({why.value if why else 'unknown'})"
-            )
-        try:
-            yield worker
-        finally:
-            worker.shutdown()
-            await worker.wait_stopped()
+        serving = await worker.wait_serving()
+        if serving:
+            try:
+                yield worker
+            except Exception as exc:
+                failure = exc
+            finally:
+                worker.shutdown()
+                await worker.wait_stopped()
+    if not serving:
+        if worker.failure is not None:
+            raise worker.failure
+        why = worker.lifecycle.shutdown_reason
+        raise ShutDownBeforeServing(
+            f"the worker shut down before serving ({why.value if why else 'unknown'})"
+        )
+    if failure is not None:
+        raise failure

@@ -75,6 +75,22 @@ period; overrunning it exits the process with status 911 (the OS reports
 Every transition is checked against :data:`TRANSITIONS` (an illegal one
 raises :class:`IllegalTransition`) and logged as one structured event with
 the old and new state, the reason and the time since the previous one.
+
+Who owns which task
+-------------------
+``Worker.run()`` opens one anyio task group for the whole run. Every
+background service is started into it under a handle
+(:mod:`dynamo_lite.tasks`) and stopped by TEARDOWN in order: the system
+server and its connections (from CONNECTING until the very end), the
+request-plane sweeper and the NATS subscription (until the listener closes;
+the subscription already in DRAINING), the discovery keepalive (until the
+lease is revoked), the canary and the stall detector (from SERVING until
+GRACE). Request and abort tasks are spawned from the socket callback into the
+endpoint's task set (cheaper than a task group on that path, and one request
+failing must not cancel the others); TEARDOWN joins and then cancels them.
+Waits that a shutdown request or a second signal interrupts (CONNECTING, the
+SERVING wait, the grace sleep, the drain) are cancel scopes that the request
+cancels. Signals are captured for the length of the run and given back.
 """
 
 from __future__ import annotations

@@ -167,6 +167,9 @@ class Worker:
         #: Canary and stall detector; created at registration.
         self.monitor: HealthMonitor | None = None
         self.metrics = WorkerMetrics(self)
+        #: The run's exit status once it ended (a cancelled run that stopped in
+        #: order reports the lifecycle's); None while it runs.
+        self.exit_status: int | None = None
         #: Why startup failed, when it did (``serve()`` raises it).
         self.failure: StartupError | None = None
         self._watchdog = Watchdog(self._watchdog_fired)
@@ -224,10 +227,10 @@ class Worker:
         await serving.wait()
         return not stopped.is_set()
 
-    async def wait_stopped(self) -> int:
-        """Wait until :meth:`run` has ended; returns the exit status."""
+    async def wait_stopped(self) -> int | None:
+        """Wait until :meth:`run` has ended; returns :attr:`exit_status`."""
         await self._events()[1].wait()
-        return self.lifecycle.exit_code
+        return self.exit_status
 
     def _events(self) -> tuple[anyio.Event, anyio.Event]:
         # Created on first use, inside the event loop (anyio.Event needs one).
@@ -291,6 +294,7 @@ class Worker:
             if self.handle_signals
             else nullcontext()
         )
+        code: int | None = None
         with signals:
             try:
                 async with anyio.create_task_group() as tg:
@@ -305,9 +309,13 @@ class Worker:
             finally:
                 self._tg = None
                 self._watchdog.disarm()
+                if self.exit_status is None and lc.state is State.STOPPED:
+                    self.exit_status = lc.exit_code
                 stopped.set()
                 serving.set()
-        return code
+        # Only the watchdog cancels this task group itself (embedded runs).
+        self.exit_status = EXIT_WATCHDOG if code is None else code
+        return self.exit_status
 
     async def _run(self) -> int:
         lc = self.lifecycle

@@ -195,6 +195,32 @@ async def test_a_shutdown_before_serving_raises(model_dir: Path, tmp_path: Path)
     assert engine.calls.count("cleanup") == 1
 
 
+async def test_an_embedded_watchdog_overrun_cancels_the_run_instead_of_exiting(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    class HangingCleanup(ScriptedEngine):
+        async def cleanup(self) -> None:
+            self.calls.append("cleanup")
+            await asyncio.sleep(3600)
+
+    engine = HangingCleanup()
+    engine.model = str(model_dir)
+    root = tmp_path / "kv"
+    with anyio.fail_after(20):
+        async with dynamo_lite.serve(
+            engine,
+            make_config(model_dir),
+            settings=settings(shutdown_timeout=1),
+            store=FileStore(root),
+        ) as worker:
+            pass
+    # The process is still here; the run ended in order, with the watchdog's status.
+    assert await worker.wait_stopped() == 911
+    assert worker.lifecycle.state is State.STOPPED
+    assert engine.calls.count("cleanup") == 1
+    assert files(root) == []
+
+
 # --- signals ----------------------------------------------------------------------
 
 

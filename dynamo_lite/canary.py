@@ -45,13 +45,14 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from .context import Context
 from .errors import WireError, classify
 from .health_check import load_health_check_from_env, stamp_marker
+from .stats import EndpointStats, RequestProgress
 from .stream import StreamValidator
 from .tasks import Service, start_service
 
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
     import anyio.abc
 
     from .config import WorkerConfig
-    from .endpoint import Endpoint
     from .engine import BaseEngine
     from .system_server import Health
 
@@ -191,13 +191,26 @@ def probe_request(payload: Mapping[str, Any], *, raw: bool = False) -> dict[str,
     return request
 
 
+class MonitoredEndpoint(Protocol):
+    """What the monitor reads of the endpoint (the endpoint satisfies it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def raw(self) -> bool: ...
+    @property
+    def stats(self) -> EndpointStats: ...
+    @property
+    def requests(self) -> Mapping[str, RequestProgress]: ...
+
+
 class HealthMonitor:
     """The canary and the stall detector for one endpoint; see the module docstring."""
 
     def __init__(
         self,
         engine: BaseEngine,
-        endpoint: Endpoint,
+        endpoint: MonitoredEndpoint,
         health: Health,
         settings: HealthSettings,
         payload: Mapping[str, Any] | None,
@@ -346,12 +359,9 @@ class HealthMonitor:
             current: dict[str, tuple[int, float]] = {}
             stalled: list[str] = []
             for rid, req in list(self.endpoint.requests.items()):
-                if req.signal is not None or req.cut_reason is not None:
+                if req.cancelled or req.terminal:
                     continue
-                validator = req.validator
-                if validator is not None and validator.terminal:
-                    continue
-                count = -1 if validator is None else validator.chunks
+                count = req.chunks
                 seen = progress.get(rid)
                 since = seen[1] if seen is not None and seen[0] == count else now
                 current[rid] = (count, since)

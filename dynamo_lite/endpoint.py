@@ -35,24 +35,18 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import telemetry
 from .context import Context
 from .engine import BaseEngine
 from .errors import EngineShutdown, InvalidArgument, WireError, classify
-from .metrics import (
-    Histogram,
-    first_response_histogram,
-    network_transit_histogram,
-    request_duration_histogram,
-)
 from .protocol import codec as wire_codec
 from .protocol import control, items, twopart
 from .protocol import request_plane as rp
 from .protocol.codec import Codec
 from .protocol.errors import ProtocolError
+from .stats import EndpointStats
 from .stream import RawStreamValidator, StreamValidator
 from .tasks import TaskSet
 from .transport.response_stream import ResponseStream, open_stream
@@ -72,27 +66,6 @@ def _closing_frames(codec: Codec, error: WireError | None) -> bytes:
     """The end of a stream: an optional error item, ``complete_final``, the sentinel."""
     end = items.COMPLETE_FINAL_FRAME[codec] + control.SENTINEL_FRAME
     return end if error is None else items.error_frame(codec, error.to_wire()) + end
-
-
-@dataclass
-class EndpointStats:
-    requests: int = 0
-    inflight: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    aborts: int = 0
-    errors: int = 0
-    cut: int = 0
-    rejected: int = 0
-    dropped_chunks: int = 0
-    request_bytes: int = 0
-    response_bytes: int = 0
-    #: Refused with "Server overloaded" (a subset of ``rejected``).
-    overloaded: int = 0
-    #: Per-request histograms, rendered at scrape time by :mod:`dynamo_lite.metrics`.
-    duration: Histogram = field(default_factory=request_duration_histogram)
-    transit: Histogram = field(default_factory=network_transit_histogram)
-    first_response: Histogram = field(default_factory=first_response_histogram)
 
 
 class _Request:
@@ -122,6 +95,19 @@ class _Request:
         self.task: asyncio.Task[None] | None = None
         #: Set when the engine's stream starts; its chunk count is what the stall detector reads.
         self.validator: StreamValidator | None = None
+
+    # --- RequestProgress (what the stall detector reads) ----------------------
+    @property
+    def cancelled(self) -> bool:
+        return self.signal is not None or self.cut_reason is not None
+
+    @property
+    def terminal(self) -> bool:
+        return self.validator is not None and self.validator.terminal
+
+    @property
+    def chunks(self) -> int:
+        return -1 if self.validator is None else self.validator.chunks
 
 
 class Endpoint:

@@ -29,10 +29,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
-import h11
+
+if TYPE_CHECKING:
+    import h11
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +207,8 @@ class SystemServer:
     async def _respond(
         self, conn: h11.Connection, stream: anyio.abc.SocketStream, request: h11.Request
     ) -> None:
+        import h11
+
         method = request.method.decode()
         response = await self._dispatch(method, request.target.decode())
         headers = [
@@ -218,6 +223,9 @@ class SystemServer:
         await stream.send(out)
 
     async def _serve(self, stream: anyio.abc.SocketStream) -> None:
+        # Imported by the first connection: a worker without a system port never loads h11.
+        import h11
+
         conn = h11.Connection(h11.SERVER)
         async with stream:
             try:

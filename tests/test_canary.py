@@ -17,7 +17,6 @@ import pytest
 from dynamo_lite import WorkerConfig
 from dynamo_lite.canary import HealthMonitor, HealthSettings, probe_request, resolve_payload
 from dynamo_lite.config import parse_health_check_payload_cli as from_config
-from dynamo_lite.endpoint import EndpointStats
 from dynamo_lite.health_check import (
     HEALTH_CHECK_KEY,
     bos_token_id_or,
@@ -26,6 +25,7 @@ from dynamo_lite.health_check import (
     is_probe,
     parse_health_check_payload_cli,
 )
+from dynamo_lite.stats import EndpointStats
 from dynamo_lite.system_server import Health
 
 pytestmark = pytest.mark.anyio

@@ -3,21 +3,31 @@
 How a dynamo_lite worker lives and dies
 =======================================
 
-::
+The table :data:`TRANSITIONS` decides: for the current state and an event
+(a :class:`Reason`), the next state. The worker only feeds events
+(:meth:`Lifecycle.handle`) and performs the work of the state it lands in.
+Every arrow below is one entry of the table, and a test keeps the two equal
+(Mermaid, which code hosts render; ``docs/lifecycle.md`` draws the same)::
 
-    CREATED ──► CONNECTING ──► STARTING ──► REGISTERING ──► SERVING
-                   │  │           │              │             │
-                   │  │ discovery │ start()      │ hook or     │ first SIGTERM/SIGINT,
-                   │  │ down      │ raised       │ card failed │ lease lost (opt-in),
-                   │  ▼           ▼              ▼             │ run() cancelled
-                   │  └─────► FAILED ◄───────────┘             ▼
-                   │              │                         GRACE ──► DRAINING
-                   │              │                           │           │
-                   │              ▼                           ▼           ▼
-                   │          CLEANING ◄──────────────────────┴───────────┘
-                   │              │
-                   ▼              ▼
-                 STOPPED ◄── TEARDOWN
+    stateDiagram-v2
+        CREATED --> CONNECTING : run
+        CONNECTING --> STARTING : connected
+        CONNECTING --> FAILED : discovery unreachable, bad TLS settings, unknown request plane
+        CONNECTING --> TEARDOWN : signal before start, run() cancelled
+        STARTING --> REGISTERING : engine started
+        STARTING --> FAILED : engine start failed
+        STARTING --> GRACE : SIGTERM, SIGINT, lease lost, shutdown() called, run() cancelled
+        REGISTERING --> SERVING : registered
+        REGISTERING --> FAILED : setup failed
+        REGISTERING --> GRACE : SIGTERM, SIGINT, lease lost, shutdown() called, run() cancelled
+        SERVING --> GRACE : SIGTERM, SIGINT, lease lost, shutdown() called, run() cancelled
+        GRACE --> DRAINING : grace period elapsed, second signal, run() cancelled
+        DRAINING --> CLEANING : drained, drain budget exhausted, second signal, run() cancelled
+        FAILED --> CLEANING : discovery unreachable, bad TLS settings, unknown request plane
+        FAILED --> CLEANING : engine start failed, setup failed
+        CLEANING --> TEARDOWN : cleanup complete, cleanup raised
+        CLEANING --> TEARDOWN : start never called, run() cancelled
+        TEARDOWN --> STOPPED : teardown complete
 
 CONNECTING
     Parse the environment, open discovery (an etcd lease, or a file store)
@@ -106,6 +116,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_OK",
     "EXIT_WATCHDOG",
+    "SHUTDOWN_EVENTS",
     "TRANSITIONS",
     "BadTlsSettings",
     "DiscoveryUnreachable",
@@ -165,30 +176,51 @@ class Reason(enum.Enum):
     TORN_DOWN = "teardown complete"
 
 
-S = State
-#: Every legal transition. Anything else is a bug and raises.
-TRANSITIONS: dict[State, frozenset[State]] = {
-    S.CREATED: frozenset({S.CONNECTING}),
-    S.CONNECTING: frozenset({S.STARTING, S.FAILED, S.TEARDOWN}),
-    S.STARTING: frozenset({S.REGISTERING, S.FAILED, S.GRACE}),
-    S.REGISTERING: frozenset({S.SERVING, S.FAILED, S.GRACE}),
-    S.SERVING: frozenset({S.GRACE}),
-    S.GRACE: frozenset({S.DRAINING}),
-    S.DRAINING: frozenset({S.CLEANING}),
-    S.FAILED: frozenset({S.CLEANING}),
-    S.CLEANING: frozenset({S.TEARDOWN}),
-    S.TEARDOWN: frozenset({S.STOPPED}),
-    S.STOPPED: frozenset(),
+S, R = State, Reason
+#: What ends serving: a signal, a lost lease, ``shutdown()``, a cancelled run.
+SHUTDOWN_EVENTS = (R.SIGTERM, R.SIGINT, R.LEASE_LOST, R.SHUTDOWN_CALLED, R.CANCELLED)
+#: What CONNECTING fails with.
+CONNECT_FAILURES = (R.DISCOVERY_UNREACHABLE, R.BAD_TLS_SETTINGS, R.UNKNOWN_PLANE)
+#: (state, event) → next state. Anything else is a bug and raises.
+TRANSITIONS: dict[State, dict[Reason, State]] = {
+    S.CREATED: {R.RUN: S.CONNECTING},
+    S.CONNECTING: {
+        R.CONNECTED: S.STARTING,
+        **dict.fromkeys(CONNECT_FAILURES, S.FAILED),
+        R.SIGNAL_BEFORE_START: S.TEARDOWN,
+        R.CANCELLED: S.TEARDOWN,
+    },
+    S.STARTING: {
+        R.STARTED: S.REGISTERING,
+        R.START_FAILED: S.FAILED,
+        **dict.fromkeys(SHUTDOWN_EVENTS, S.GRACE),
+    },
+    S.REGISTERING: {
+        R.REGISTERED: S.SERVING,
+        R.SETUP_FAILED: S.FAILED,
+        **dict.fromkeys(SHUTDOWN_EVENTS, S.GRACE),
+    },
+    S.SERVING: dict.fromkeys(SHUTDOWN_EVENTS, S.GRACE),
+    S.GRACE: dict.fromkeys((R.GRACE_ELAPSED, R.SECOND_SIGNAL, R.CANCELLED), S.DRAINING),
+    S.DRAINING: dict.fromkeys(
+        (R.DRAINED, R.DRAIN_TIMEOUT, R.SECOND_SIGNAL, R.CANCELLED), S.CLEANING
+    ),
+    # The failure that led here is the event that moves on to the cleanup it owes.
+    S.FAILED: dict.fromkeys((*CONNECT_FAILURES, R.START_FAILED, R.SETUP_FAILED), S.CLEANING),
+    S.CLEANING: dict.fromkeys(
+        (R.CLEANED, R.CLEANUP_FAILED, R.NOTHING_TO_CLEAN, R.CANCELLED), S.TEARDOWN
+    ),
+    S.TEARDOWN: {R.TORN_DOWN: S.STOPPED},
+    S.STOPPED: {},
 }
 
 
 class IllegalTransition(RuntimeError):
-    def __init__(self, current: State, target: State, reason: Reason) -> None:
-        super().__init__(
-            f"illegal lifecycle transition {current.value} → {target.value} ({reason.value})"
-        )
+    """An event the current state has no transition for."""
+
+    def __init__(self, current: State, reason: Reason) -> None:
+        super().__init__(f"illegal lifecycle event {reason.value!r} in state {current.value}")
         self.current = current
-        self.target = target
         self.reason = reason
 
 
@@ -269,9 +301,11 @@ class Lifecycle:
         self.hurry_reason: Reason | None = None
 
     # --- transitions ---------------------------------------------------------
-    def to(self, target: State, reason: Reason, **detail: object) -> Transition:
-        if target not in TRANSITIONS[self.state]:
-            raise IllegalTransition(self.state, target, reason)
+    def handle(self, reason: Reason, **detail: object) -> State:
+        """Feed one event; returns the new state (or raises :class:`IllegalTransition`)."""
+        target = TRANSITIONS[self.state].get(reason)
+        if target is None:
+            raise IllegalTransition(self.state, reason)
         now = time.monotonic()
         t = Transition(self.state, target, reason, now - self._started_at, now - self._last, detail)
         self._last = now
@@ -293,7 +327,7 @@ class Lifecycle:
                 **{k: v for k, v in detail.items() if k not in ("message", "asctime")},
             },
         )
-        return t
+        return target
 
     @property
     def visited(self) -> set[State]:
@@ -311,7 +345,7 @@ class Lifecycle:
     def claim_cleanup(self) -> bool:
         """True exactly once, and only if ``start()`` was called."""
         if self.state is not State.CLEANING:
-            raise IllegalTransition(self.state, State.CLEANING, Reason.CLEANED)
+            raise IllegalTransition(self.state, Reason.CLEANED)
         if not self.cleanup_owed:
             return False
         self._cleanup_claimed = True

@@ -287,7 +287,7 @@ class Worker:
         worker down in order, bounded by the shutdown timeout, and re-raises.
         """
         lc = self.lifecycle
-        lc.to(State.CONNECTING, Reason.RUN)
+        lc.handle(Reason.RUN)
         serving, stopped = self._events()
         signals = (
             captured_signals(self._on_signal, redeliver=self.redeliver_signals)
@@ -326,10 +326,9 @@ class Worker:
             return await self._fail(exc)
         if connecting.cancelled_caught or lc.shutdown_requested:
             # A signal before start(): nothing was started, nothing to clean up.
-            lc.to(State.TEARDOWN, Reason.SIGNAL_BEFORE_START)
             return await self._shutdown()
         assert self.instance_id is not None
-        lc.to(State.STARTING, Reason.CONNECTED, worker_id=self.instance_id)
+        lc.handle(Reason.CONNECTED, worker_id=self.instance_id)
         t0 = time.monotonic()
         try:
             self.engine_config = _as_engine_config(await self.engine.start(self.instance_id))
@@ -337,8 +336,7 @@ class Worker:
             return await self._fail(EngineStartFailed(f"{type(exc).__name__}: {exc}"))
         self.timings["model_load"] = time.monotonic() - t0
         if not lc.shutdown_requested:
-            lc.to(
-                State.REGISTERING,
+            lc.handle(
                 Reason.STARTED,
                 model=self.engine_config.model,
                 model_load_time_seconds=round(self.timings["model_load"], 6),
@@ -350,7 +348,7 @@ class Worker:
             except Exception as exc:
                 return await self._fail(SetupFailed(f"{type(exc).__name__}: {exc}"))
             if not lc.shutdown_requested:
-                lc.to(State.SERVING, Reason.REGISTERED, instance_id=f"{self.instance_id:x}")
+                lc.handle(Reason.REGISTERED, instance_id=f"{self.instance_id:x}")
                 self._events()[0].set()
                 with self._interruptible():
                     await anyio.sleep_forever()
@@ -359,7 +357,7 @@ class Worker:
     async def _fail(self, error: StartupError) -> int:
         logger.error("%s: %s", error.reason.value, error)
         self.failure = error
-        self.lifecycle.to(State.FAILED, error.reason, error=str(error))
+        self.lifecycle.handle(error.reason, error=str(error))
         return await self._shutdown()
 
     async def _finish_cancelled(self) -> None:
@@ -588,23 +586,23 @@ class Worker:
             if state is State.CONNECTING:
                 # Nothing was started, so nothing is cleaned up.
                 cancelled = lc.hurry_reason is Reason.CANCELLED
-                lc.to(State.TEARDOWN, Reason.CANCELLED if cancelled else Reason.SIGNAL_BEFORE_START)
+                lc.handle(Reason.CANCELLED if cancelled else Reason.SIGNAL_BEFORE_START)
             elif state in (State.STARTING, State.REGISTERING, State.SERVING):
-                lc.to(State.GRACE, lc.shutdown_reason or Reason.SIGTERM)
+                lc.handle(lc.shutdown_reason or Reason.SIGTERM)
             elif state is State.GRACE:
                 await self._grace()
             elif state is State.DRAINING:
                 reason = await self._drain_or_cut()
-                lc.to(State.CLEANING, reason, drain_time_seconds=round(self.timings["drain"], 6))
+                lc.handle(reason, drain_time_seconds=round(self.timings["drain"], 6))
             elif state is State.FAILED:
-                lc.to(State.CLEANING, self.failure.reason if self.failure else Reason.SETUP_FAILED)
+                lc.handle(self.failure.reason if self.failure else Reason.SETUP_FAILED)
             elif state is State.CLEANING:
-                lc.to(State.TEARDOWN, await self._cleanup())
+                lc.handle(await self._cleanup())
             elif state is State.TEARDOWN:
                 await self._teardown()
-                lc.to(State.STOPPED, Reason.TORN_DOWN, exit_code=lc.exit_code)
+                lc.handle(Reason.TORN_DOWN, exit_code=lc.exit_code)
             else:  # CREATED: run() moves on at once, so nothing can stop here
-                raise IllegalTransition(state, State.STOPPED, Reason.CANCELLED)
+                raise IllegalTransition(state, Reason.CANCELLED)
         return lc.exit_code
 
     async def _grace(self) -> None:
@@ -619,7 +617,7 @@ class Worker:
             logger.info("Grace period %.2fs before drain", grace)
         with self._interruptible(by_hurry=True):
             await anyio.sleep(grace)
-        lc.to(State.DRAINING, lc.hurry_reason or Reason.GRACE_ELAPSED)
+        lc.handle(lc.hurry_reason or Reason.GRACE_ELAPSED)
 
     async def _drain_or_cut(self) -> Reason:
         """Refuse new requests, let in-flight ones finish (bounded), cut the rest."""

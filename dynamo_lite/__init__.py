@@ -5,6 +5,7 @@ stock Dynamo 1.6.1 frontend discovers, routes to, streams from and cancels
 the resulting worker exactly as it does a stock one.
 """
 
+from . import telemetry
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
 from .context import Context
 from .engine import (
@@ -72,4 +73,5 @@ __all__ = [
     "WorkerConfig",
     "ZmqSource",
     "run",
+    "telemetry",
 ]

@@ -84,7 +84,11 @@ def serialize_logits_processor_entries(
                 "only ForcedTokenSequenceSpec crosses a serialized request boundary"
             )
         out.append(
-            {"kind": _FORCED, "token_ids": list(entry.token_ids), "eos_token_id": entry.eos_token_id}
+            {
+                "kind": _FORCED,
+                "token_ids": list(entry.token_ids),
+                "eos_token_id": entry.eos_token_id,
+            }
         )
     return out
 

@@ -58,13 +58,11 @@ def _count(value: Any, name: str) -> int | None:
 
 
 def parse_logprob_options(output_options: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """``(logprobs, prompt_logprobs)`` from a request's ``output_options``; None when unset or bad."""
+    """``(logprobs, prompt_logprobs)`` from ``output_options``; None when unset or bad."""
     if not output_options:
         return None, None
-    options = output_options
-    return _count(options.get("logprobs"), "logprobs"), _count(
-        options.get("prompt_logprobs"), "prompt_logprobs"
-    )
+    top_k = _count(output_options.get("logprobs"), "logprobs")
+    return top_k, _count(output_options.get("prompt_logprobs"), "prompt_logprobs")
 
 
 def _decoder(tokenizer: Any) -> Callable[[int, Any], str | None]:

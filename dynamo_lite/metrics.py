@@ -55,6 +55,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .card import served_model_name
+from .multiproc import bridge_global_registry, ensure_prometheus_multiproc_dir
 
 if TYPE_CHECKING:
     from .canary import HealthMonitor
@@ -70,6 +71,7 @@ __all__ = [
     "EngineMetrics",
     "Histogram",
     "WorkerMetrics",
+    "ensure_prometheus_multiproc_dir",
     "gather_with_labels",
     "register_engine_registry",
     "register_global_registry",
@@ -551,15 +553,14 @@ def register_global_registry(
 ) -> None:
     """Bridge the global ``prometheus_client.REGISTRY``, keeping ``engine_prefix`` families.
 
-    Multi-process collection (``PROMETHEUS_MULTIPROC_DIR``) is the engine's
-    business: a ``MultiProcessCollector`` it registered on ``REGISTRY`` is
-    gathered like any other collector.
+    With ``PROMETHEUS_MULTIPROC_DIR`` set, the engine's multi-process metrics
+    are collected too (see :mod:`dynamo_lite.multiproc`); the families of
+    ``multiproc_only_prefixes`` exist only there.
     """
-    from prometheus_client import REGISTRY
-
-    register_engine_registry(
+    bridge_global_registry(
         metrics,
-        REGISTRY,
-        prefix_filters=[engine_prefix, *(multiproc_only_prefixes or ())],
+        register_engine_registry,
+        engine_prefix=engine_prefix,
+        multiproc_only_prefixes=multiproc_only_prefixes,
         exclude_prefixes=exclude_prefixes,
     )

@@ -1,4 +1,4 @@
-"""KV-event source descriptors and the per-rank snapshot payload (``dynamo.common.backend.publisher``).
+"""KV-event source descriptors and per-rank snapshots (``dynamo.common.backend.publisher``).
 
 An engine returns :class:`ZmqSource` / :class:`PushSource` descriptors from
 ``kv_event_sources()`` and pushes :class:`ComponentSnapshot` values into the

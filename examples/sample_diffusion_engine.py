@@ -3,7 +3,7 @@
 Behaves like Dynamo's stock ``SampleDiffusionEngine``: ``generate()`` takes the
 OpenAI image request and, after one simulated denoising step of ``--delay``
 seconds (skipped for canary probes), yields one ``{"created", "data"}``
-response with ``n`` (1–10) copies of a 1×1 PNG, as ``b64_json`` or as a
+response with ``n`` (1 to 10) copies of a one-pixel PNG, as ``b64_json`` or as a
 self-contained ``data:`` URL. Registered as ``ModelInput.Text`` with no KV
 routing: the frontend forwards the request verbatim.
 
@@ -31,11 +31,15 @@ def _png_1x1() -> bytes:
     """A valid one-pixel greyscale PNG, built rather than stored."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
     pixels = zlib.compress(b"\x00\x80")  # filter byte 0, one mid-grey pixel
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
 
 
 PNG_B64 = base64.b64encode(_png_1x1()).decode("ascii")

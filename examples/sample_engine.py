@@ -141,9 +141,7 @@ class SampleLLMEngine(LLMEngine):
         self._snapshot_publisher: Any = None
 
     @classmethod
-    async def from_args(
-        cls, argv: list[str] | None = None
-    ) -> tuple[SampleLLMEngine, WorkerConfig]:
+    async def from_args(cls, argv: list[str] | None = None) -> tuple[SampleLLMEngine, WorkerConfig]:
         p = argparse.ArgumentParser(description="dynamo_lite sample engine")
         p.add_argument("--model-name", default="sample-model")
         p.add_argument("--namespace", default="dynamo")

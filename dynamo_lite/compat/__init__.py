@@ -124,9 +124,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         if fullname != "dynamo" and not fullname.startswith("dynamo."):
             return None
         if fullname in _PACKAGES:
-            return importlib.machinery.ModuleSpec(
-                fullname, _ServeExisting(None), is_package=True
-            )
+            return importlib.machinery.ModuleSpec(fullname, _ServeExisting(None), is_package=True)
         if fullname in _EXAMPLES:
             try:
                 where = example_path(_EXAMPLES[fullname])

@@ -1,4 +1,4 @@
-"""``python -m dynamo_lite.compat SCRIPT [args]`` / ``python -m dynamo_lite.compat -m MODULE [args]``.
+"""``python -m dynamo_lite.compat SCRIPT [args]`` or ``… -m MODULE [args]``.
 
 Runs a program written for ``dynamo.common.backend`` with its ``dynamo.*``
 imports served by dynamo_lite (see :mod:`dynamo_lite.compat`).

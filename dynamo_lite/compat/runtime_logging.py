@@ -10,6 +10,6 @@ __all__ = ["configure_dynamo_logging"]
 
 
 def configure_dynamo_logging(*args: Any, **kwargs: Any) -> None:
-    """Configure logging from ``DYN_LOG`` / ``DYN_LOGGING_JSONL`` (arguments are accepted and ignored)."""
+    """Configure logging from ``DYN_LOG`` / ``DYN_LOGGING_JSONL`` (arguments are ignored)."""
     del args, kwargs
     configure_logging()

@@ -159,3 +159,10 @@ def test_unmodified_stock_sample_engine_serves_the_stock_frontend(
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 4
     assert len(body["choices"][0]["logprobs"]["content"]) == 4
+
+
+def test_stock_entry_modules_run_as_main(tmp_path: Path) -> None:
+    for module in ("dynamo.common.backend.sample_main", "dynamo.common.backend.sample_engine"):
+        r = _run(tmp_path, ["-m", "dynamo_lite.compat", "-m", module, "--help"])
+        assert r.returncode == 0, r.stderr
+        assert "--disaggregation-mode" in r.stdout

@@ -149,6 +149,23 @@ class _Finder(importlib.abc.MetaPathFinder):
 _finder: _Finder | None = None
 
 
+def main_target(module: str) -> tuple[str, str]:
+    """What ``-m module`` runs: ``("module", name)`` or ``("path", file)``.
+
+    A served module has no code of its own to run as ``__main__``; its
+    source is the dynamo_lite module (or example file) behind it.
+    """
+    if module in _EXAMPLES:
+        return "path", str(example_path(_EXAMPLES[module]))
+    if module in _ALIASES:
+        return "module", _ALIASES[module]
+    if module.startswith(_BACKEND + "."):
+        candidate = _PKG + module[len(_BACKEND) :]
+        if importlib.util.find_spec(candidate) is not None:
+            return "module", candidate
+    return "module", module
+
+
 def real_dynamo_origin() -> str | None:
     """Where a real ``dynamo`` package would be imported from, or None."""
     if _finder is not None:

@@ -10,7 +10,7 @@ import os
 import runpy
 import sys
 
-from . import RealDynamoInstalled, install
+from . import RealDynamoInstalled, install, main_target
 
 USAGE = (
     "usage: python -m dynamo_lite.compat SCRIPT [args...]\n"
@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [module, *rest]
         if "" not in sys.path and os.getcwd() not in sys.path:
             sys.path.insert(0, os.getcwd())
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        kind, target = main_target(module)
+        if kind == "path":
+            sys.argv[0] = target
+            runpy.run_path(target, run_name="__main__")
+        else:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
         return 0
     script, rest = args[0], args[1:]
     sys.argv = [script, *rest]

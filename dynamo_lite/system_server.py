@@ -44,6 +44,10 @@ class Response:
 
 
 Handler = Callable[[str, str], Awaitable[Response] | Response]
+#: ``handler(method, path, body)``: routes that read the request body (any method).
+BodyHandler = Callable[[str, str, bytes], Awaitable[Response]]
+#: Request bodies above this are refused (stock's HTTP stack limits them to 2 MB too).
+MAX_BODY = 2 * 1024 * 1024
 
 
 class Health:
@@ -124,6 +128,7 @@ class SystemServer:
         self.routes[live_path] = self._health
         self.routes["/metadata"] = lambda m, p: Response(404, b"Discovery metadata not available")
         self.prefix_routes.append(("/engine/", self._engine_not_found))
+        self.body_routes: list[tuple[str, BodyHandler]] = []
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -147,6 +152,14 @@ class SystemServer:
             return Response(200, body, content_type)
 
         self.routes["/metrics"] = metrics
+
+    def route_body(self, prefix: str, handler: BodyHandler) -> None:
+        """Serve every method under ``prefix`` with ``handler``, which gets the request body."""
+        self.body_routes.append((prefix, handler))
+
+    def _body_handler(self, target: str) -> BodyHandler | None:
+        path = target.split("?", 1)[0]
+        return next((h for prefix, h in self.body_routes if path.startswith(prefix)), None)
 
     def route(self, path: str, handler: Handler, *, prefix: bool = False) -> None:
         if prefix:
@@ -194,6 +207,41 @@ class SystemServer:
     ) -> None:
         method = request.method.decode()
         response = await self._dispatch(method, request.target.decode())
+        await self._send(conn, writer, method, response)
+
+    async def _respond_with_body(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: h11.Request,
+        handler: BodyHandler,
+    ) -> bool:
+        """Read the body, answer through ``handler``; False when the connection must close."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await asyncio.wait_for(reader.read(65536), 30))
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_BODY:
+                    await self._send(conn, writer, "POST", Response(413, b"length limit exceeded"))
+                    return False
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return False
+        method = request.method.decode()
+        path = request.target.decode().split("?", 1)[0]
+        await self._send(conn, writer, method, await handler(method, path, b"".join(chunks)))
+        return True
+
+    async def _send(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, method: str, response: Response
+    ) -> None:
         headers = [
             ("content-type", response.content_type),
             ("content-length", str(len(response.body))),
@@ -217,7 +265,13 @@ class SystemServer:
                     # Idle keep-alive connections are bounded too.
                     conn.receive_data(await asyncio.wait_for(reader.read(65536), 30))
                 elif isinstance(event, h11.Request):
-                    await self._respond(conn, writer, event)
+                    body_handler = self._body_handler(event.target.decode())
+                    if body_handler is None:
+                        await self._respond(conn, writer, event)
+                    elif not await self._respond_with_body(
+                        conn, reader, writer, event, body_handler
+                    ):
+                        break
                 elif event is h11.PAUSED:
                     # One request/response cycle is complete.
                     if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

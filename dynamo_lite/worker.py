@@ -25,6 +25,7 @@ from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .discovery import keys as dkeys
 from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
+from .engine_routes import EngineRoutes
 from .errors import InvalidArgument
 from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -376,8 +377,10 @@ class Worker:
             self._mdc_key, dkeys.dumps(dkeys.mdc_record(ep, self.instance_id, self.card))
         )
         logger.debug("model registered with discovery")
-        engine.supported_controls()
-        engine.supported_updates()
+        # /engine/control|update/<name> on the system port (dynamo_lite/engine_routes.py).
+        self.engine_routes = EngineRoutes(self, engine)
+        if self.system_server is not None:
+            self.system_server.route_body("/engine/", self.engine_routes.handle)
         payload = await resolve_payload(engine, cfg)
         self.monitor = HealthMonitor(
             engine, self.endpoint, self.health, self.health_settings, payload

@@ -48,7 +48,7 @@ from .discovery import keys as dkeys
 from .engine import BaseEngine
 from .system_server import Health, Response
 
-__all__ = ["MODEL_TAINTS", "PAUSE_CONTROLS", "RESUME_CONTROLS", "EngineRoutes"]
+__all__ = ["MODEL_TAINTS", "PAUSE_CONTROLS", "RESUME_CONTROLS", "EngineRoutes", "before_routes"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,24 @@ def error_kind(exc: BaseException) -> str:
     return "Internal"
 
 
+def _parse(body: bytes) -> tuple[Any, Response | None]:
+    """The JSON body (empty means ``{}``), or the 400 answer when it is not JSON."""
+    try:
+        return (json.loads(body) if body else {}), None
+    except json.JSONDecodeError as exc:
+        return None, _invalid_json(exc)
+    except UnicodeDecodeError as exc:
+        return None, _json({"error": "Invalid JSON", "message": str(exc)}, 400)
+
+
+async def before_routes(method: str, path: str, body: bytes) -> Response:
+    """``/engine/*`` until the engine's routes exist (while it starts): as stock, the body is
+    still parsed first, then nothing is found."""
+    del method
+    _, invalid = _parse(body)
+    return invalid or _route_not_found(path)
+
+
 class EngineRoutes:
     """The engine's admin routes for one worker; :meth:`handle` serves ``/engine/*``."""
 
@@ -162,12 +180,9 @@ class EngineRoutes:
 
     async def handle(self, method: str, path: str, body: bytes) -> Response:
         del method  # every method is routed alike
-        try:
-            payload: Any = json.loads(body) if body else {}
-        except json.JSONDecodeError as exc:
-            return _invalid_json(exc)
-        except UnicodeDecodeError as exc:
-            return _json({"error": "Invalid JSON", "message": str(exc)}, 400)
+        payload, invalid = _parse(body)
+        if invalid is not None:
+            return invalid
         kind, _, name = path[len(PREFIX) :].partition("/")
         if kind == "update" and name == MODEL_TAINTS:
             return await self._model_taints(path, payload)

@@ -128,7 +128,7 @@ class SystemServer:
         self.routes[live_path] = self._health
         self.routes["/metadata"] = lambda m, p: Response(404, b"Discovery metadata not available")
         self.prefix_routes.append(("/engine/", self._engine_not_found))
-        self.body_routes: list[tuple[str, BodyHandler]] = []
+        self.body_routes: dict[str, BodyHandler] = {}
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -154,12 +154,15 @@ class SystemServer:
         self.routes["/metrics"] = metrics
 
     def route_body(self, prefix: str, handler: BodyHandler) -> None:
-        """Serve every method under ``prefix`` with ``handler``, which gets the request body."""
-        self.body_routes.append((prefix, handler))
+        """Serve every method under ``prefix`` with ``handler``, which gets the request body.
+
+        A later handler for the same prefix replaces the earlier one.
+        """
+        self.body_routes[prefix] = handler
 
     def _body_handler(self, target: str) -> BodyHandler | None:
         path = target.split("?", 1)[0]
-        return next((h for prefix, h in self.body_routes if path.startswith(prefix)), None)
+        return next((h for p, h in self.body_routes.items() if path.startswith(p)), None)
 
     def route(self, path: str, handler: Handler, *, prefix: bool = False) -> None:
         if prefix:

@@ -25,7 +25,7 @@ from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .discovery import keys as dkeys
 from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
-from .engine_routes import EngineRoutes
+from .engine_routes import EngineRoutes, before_routes
 from .errors import InvalidArgument
 from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -300,6 +300,7 @@ class Worker:
             # Up first, answering 503 while the engine starts (as stock).
             self.system_server = SystemServer(s.system_host, s.system_port, self.health)
             self.system_server.serve_metrics(self.metrics.render, METRICS_CONTENT_TYPE)
+            self.system_server.route_body("/engine/", before_routes)
             await self.system_server.start()
         self.endpoint.max_inflight = s.max_inflight
         self.endpoint.write_stall_timeout = s.write_stall_timeout

@@ -17,7 +17,7 @@ from dynamo_lite import EngineConfig, LLMEngine, WorkerConfig
 from dynamo_lite.discovery import EndpointId
 from dynamo_lite.discovery import keys as dkeys
 from dynamo_lite.discovery.memory import MemoryStore
-from dynamo_lite.engine_routes import EngineRoutes
+from dynamo_lite.engine_routes import EngineRoutes, before_routes
 from dynamo_lite.system_server import Health, SystemServer
 
 pytestmark = pytest.mark.anyio
@@ -248,3 +248,12 @@ async def test_system_server_hands_the_body_to_the_routes(worker: FakeWorker) ->
             assert (await client.get("/health")).status_code == 200
     finally:
         await server.close()
+
+
+async def test_before_the_engine_routes_exist() -> None:
+    r = await before_routes("POST", "/engine/control/echo", b"{}")
+    assert (r.status, json.loads(r.body)["error"]) == (404, "Route not found")
+    r = await before_routes("GET", "/engine/update/model_taints", b"")
+    assert r.status == 404
+    r = await before_routes("POST", "/engine/control/echo", b"nope")
+    assert (r.status, json.loads(r.body)["error"]) == (400, "Invalid JSON")

@@ -71,6 +71,13 @@ CASES: list[tuple[str, str, bytes | None]] = [
     ("POST", "/engine/control/pause_generation", b'{"fail":true}'),
     ("POST", "/engine/control/resume_generation", b'{"ret":{"status":"weird"}}'),
 ]
+# While the engine starts, before its routes exist.
+STARTING_CASES: list[tuple[str, str, bytes | None]] = [
+    ("POST", "/engine/control/echo", b"{}"),
+    ("GET", "/engine/control/echo", None),
+    ("POST", "/engine/control/echo", b"not json"),
+    ("POST", "/engine/update/model_taints", b'{"taints":[]}'),
+]
 SHUTDOWN_CASES: list[tuple[str, str, bytes | None]] = [
     ("POST", "/engine/control/echo", b"{}"),
     ("POST", "/engine/control/echo", b"[1]"),
@@ -147,7 +154,7 @@ def _launch(
         name=f"control-{name}",
     )
     rt = Runtime(name, proc, port, kv, events)
-    rt.wait_health(200)
+    rt.wait_health(503 if "CTL_START_GATE" in env else 200)
     return rt
 
 
@@ -160,11 +167,17 @@ def _events(rt: Runtime) -> list[Any]:
 def test_engine_routes_answer_as_the_stock_worker(
     tmp_path: Path, tiny_model: Path, spawn: Any, stock_python_path: Path
 ) -> None:
-    grace = {"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "30"}
-    stock = _launch("stock", [str(stock_python_path)], tmp_path, spawn, tiny_model, **grace)
+    gate = tmp_path / "start-gate"
+    env = {"DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "30", "CTL_START_GATE": gate}
+    stock = _launch("stock", [str(stock_python_path)], tmp_path, spawn, tiny_model, **env)
     lite = _launch(
-        "lite", [sys.executable, "-m", "dynamo_lite.compat"], tmp_path, spawn, tiny_model, **grace
+        "lite", [sys.executable, "-m", "dynamo_lite.compat"], tmp_path, spawn, tiny_model, **env
     )
+    # Both system ports are up and start() is held: no engine routes yet.
+    assert lite.ask(STARTING_CASES) == stock.ask(STARTING_CASES)
+    gate.touch()
+    for rt in (stock, lite):
+        rt.wait_health(200)
     ours, theirs = lite.ask(CASES), stock.ask(CASES)
     for mine, ref in zip(ours, theirs, strict=True):
         assert mine == ref

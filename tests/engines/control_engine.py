@@ -5,11 +5,13 @@ Runs on the stock worker (stock venv) and, unmodified, on dynamo_lite through
 can be compared. The request body steers the answer: ``{"ret": X}`` returns
 X, ``{"exc": "TypeError"}`` raises that builtin, ``{"fail": true}`` answers
 with an error; ``wake_up`` reports ``is_sleeping`` from ``stay_asleep``. Every
-call is appended to ``$CTL_EVENTS`` (JSON lines).
+call is appended to ``$CTL_EVENTS`` (JSON lines). With ``$CTL_START_GATE``,
+``start()`` waits until that file exists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 import os
@@ -30,6 +32,12 @@ def record(**fields: Any) -> None:
 
 
 class ControlEngine(SampleLLMEngine):  # type: ignore[misc]
+    async def start(self, worker_id: int) -> Any:
+        gate = os.environ.get("CTL_START_GATE")
+        while gate and not os.path.exists(gate):
+            await asyncio.sleep(0.02)
+        return await super().start(worker_id)
+
     def supported_controls(self) -> set[str]:
         return set(CONTROLS)
 

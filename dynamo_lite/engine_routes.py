@@ -33,6 +33,12 @@ through these steps, in stock's order, and the first that answers wins:
    call fails leaves the worker out of service, as in stock.
 
 Every answer is ``text/plain; charset=utf-8`` with compact JSON, as stock's.
+
+Taking the instance out of discovery and back is :class:`InstanceSwitch`'s
+job, shared with the :class:`ServingEndpoint` the engine receives in
+``on_endpoint_ready`` (stock's ``unregister_endpoint_instance`` /
+``register_endpoint_instance``): unregistering twice fails, registering is
+idempotent, and neither touches readiness (the controls above do).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from .config import WorkerConfig
@@ -48,7 +55,15 @@ from .discovery import keys as dkeys
 from .engine import BaseEngine
 from .system_server import Health, Response
 
-__all__ = ["MODEL_TAINTS", "PAUSE_CONTROLS", "RESUME_CONTROLS", "EngineRoutes", "before_routes"]
+__all__ = [
+    "MODEL_TAINTS",
+    "PAUSE_CONTROLS",
+    "RESUME_CONTROLS",
+    "EngineRoutes",
+    "InstanceSwitch",
+    "ServingEndpoint",
+    "before_routes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +97,92 @@ class WorkerView(Protocol):
     def _instance_key(self) -> str | None: ...
     @property
     def _mdc_key(self) -> str | None: ...
+
+
+UNREGISTER_FAILED = (
+    "Unable to unregister endpoint instance from discovery. Check discovery service status"
+)
+
+
+class InstanceSwitch:
+    """Takes the serving instance record out of discovery and puts it back."""
+
+    def __init__(self, worker: WorkerView) -> None:
+        self.worker = worker
+        #: The record taken out, to put back.
+        self._parked: tuple[str, bytes] | None = None
+
+    @property
+    def out_of_service(self) -> bool:
+        return self._parked is not None
+
+    async def unregister(self) -> None:
+        """Remove the instance record; raises when it is not registered (already out, say)."""
+        key = self.worker._instance_key
+        if self._parked is not None or key is None:
+            raise Exception(UNREGISTER_FAILED)  # stock raises a plain Exception
+        store = self.worker.store
+        try:
+            record = (await store.list(key)).get(key)
+            if record is None:
+                raise LookupError(key)
+            await store.delete(key)
+        except Exception as exc:
+            logger.warning("unregister endpoint instance failed: %s", exc)
+            raise Exception(UNREGISTER_FAILED) from exc  # stock: a plain Exception
+        self._parked = (key, record)
+        logger.info(
+            "Successfully unregistered endpoint instance from discovery - "
+            "worker removed from routing pool instance_id=%x",
+            self.worker.instance_id or 0,
+        )
+
+    async def register(self) -> None:
+        """Put the record back; nothing to do when it is registered (or shutdown began)."""
+        parked, self._parked = self._parked, None
+        if parked is None or self.worker.health.shutting_down:
+            return  # a leaving worker's records go with it
+        key, record = parked
+        try:
+            await self.worker.store.put(key, record)
+        except Exception:
+            self._parked = parked
+            raise
+        logger.info(
+            "Successfully re-registered endpoint instance to discovery - "
+            "worker added back to routing pool instance_id=%x",
+            self.worker.instance_id or 0,
+        )
+
+
+@dataclass(frozen=True)
+class ServingEndpoint:
+    """What ``on_endpoint_ready`` receives: the served endpoint, with stock's methods."""
+
+    namespace: str
+    component: str
+    name: str
+    instance_id: int
+    switch: InstanceSwitch | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def path(self) -> str:
+        return f"{self.namespace}.{self.component}.{self.name}"
+
+    def connection_id(self) -> int:
+        """The worker's discovery instance id."""
+        return self.instance_id
+
+    async def unregister_endpoint_instance(self) -> None:
+        """Stop being routed to (the instance leaves discovery); raises when already out."""
+        if self.switch is None:
+            raise Exception(UNREGISTER_FAILED)  # stock raises a plain Exception
+        await self.switch.unregister()
+
+    async def register_endpoint_instance(self) -> None:
+        """Be routed to again; idempotent."""
+        if self.switch is not None:
+            await self.switch.register()
 
 
 def _json(value: Any, status: int = 200) -> Response:
@@ -152,9 +253,12 @@ async def before_routes(method: str, path: str, body: bytes) -> Response:
 class EngineRoutes:
     """The engine's admin routes for one worker; :meth:`handle` serves ``/engine/*``."""
 
-    def __init__(self, worker: WorkerView, engine: BaseEngine) -> None:
+    def __init__(
+        self, worker: WorkerView, engine: BaseEngine, switch: InstanceSwitch | None = None
+    ) -> None:
         self.worker = worker
         self.engine = engine
+        self.switch = switch if switch is not None else InstanceSwitch(worker)
         self.controls = frozenset(engine.supported_controls())
         self.updates = frozenset(engine.supported_updates())
         if MODEL_TAINTS in self.updates:
@@ -171,12 +275,6 @@ class EngineRoutes:
             logger.info("registered engine management updates update_count=%d", len(self.updates))
         else:
             logger.debug("engine returned no management updates")
-        #: The instance record taken out of discovery by a pause, to put back on resume.
-        self._parked: tuple[str, bytes] | None = None
-
-    @property
-    def out_of_service(self) -> bool:
-        return self._parked is not None
 
     async def handle(self, method: str, path: str, body: bytes) -> Response:
         del method  # every method is routed alike
@@ -238,53 +336,21 @@ class EngineRoutes:
         return result.get("status") != "error" and result.get("is_sleeping") is not True
 
     async def _take_out_of_service(self, name: str) -> str | None:
-        """Unregister the serving instance; the reason it failed, or None."""
-        key = self.worker._instance_key
-        if self._parked is not None or key is None:
-            return (
-                "Unable to unregister endpoint instance from discovery. "
-                "Check discovery service status"
-            )
-        store = self.worker.store
+        """Unregister the serving instance and mark it not ready; why it failed, or None."""
         try:
-            record = (await store.list(key)).get(key)
-            if record is None:
-                raise LookupError(key)
-            await store.delete(key)
+            await self.switch.unregister()
         except Exception as exc:
-            logger.warning("unregister before /engine/control/%s failed: %s", name, exc)
-            return (
-                "Unable to unregister endpoint instance from discovery. "
-                "Check discovery service status"
-            )
-        self._parked = (key, record)
+            return str(exc)
         self.worker.health.veto(VETO, f"/engine/control/{name}", self.worker.config.endpoint)
-        logger.info(
-            "Successfully unregistered endpoint instance from discovery - "
-            "worker removed from routing pool instance_id=%x",
-            self.worker.instance_id or 0,
-        )
         return None
 
     async def _put_back_in_service(self, name: str) -> None:
-        parked, self._parked = self._parked, None
-        if parked is None:
-            return
-        if self.worker.health.shutting_down:
-            return  # the worker is leaving anyway; its records go with it
-        key, record = parked
         try:
-            await self.worker.store.put(key, record)
+            await self.switch.register()
         except Exception as exc:
-            self._parked = parked
             logger.warning("re-register after /engine/control/%s failed: %s", name, exc)
             return
         self.worker.health.lift(VETO)
-        logger.info(
-            "Successfully re-registered endpoint instance to discovery - "
-            "worker added back to routing pool instance_id=%x",
-            self.worker.instance_id or 0,
-        )
 
     async def _model_taints(self, path: str, body: Any) -> Response:
         try:

@@ -15,7 +15,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from .canary import HealthMonitor, HealthSettings, resolve_payload
@@ -25,7 +24,7 @@ from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .discovery import keys as dkeys
 from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
-from .engine_routes import EngineRoutes, before_routes
+from .engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
 from .errors import InvalidArgument
 from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -45,18 +44,8 @@ TEARDOWN_JOIN_BOUND = 2.0
 QUIESCENT_POLL = 0.5
 
 
-@dataclass(frozen=True)
-class EndpointHandle:
-    """What ``on_endpoint_ready`` receives: the served endpoint's identity."""
-
-    namespace: str
-    component: str
-    name: str
-    instance_id: int
-
-    @property
-    def path(self) -> str:
-        return f"{self.namespace}.{self.component}.{self.name}"
+#: What ``on_endpoint_ready`` receives (dynamo_lite/engine_routes.py).
+EndpointHandle = ServingEndpoint
 
 
 class _NullKvPublisher:
@@ -370,7 +359,10 @@ class Worker:
         )
         self.card = build_card(files, cfg, self.engine_config, url_for=await self._self_host(files))
         logger.debug("local model built")
-        handle = EndpointHandle(cfg.namespace, cfg.component, cfg.endpoint, self.instance_id)
+        self.instance_switch = InstanceSwitch(self)
+        handle = ServingEndpoint(
+            cfg.namespace, cfg.component, cfg.endpoint, self.instance_id, self.instance_switch
+        )
         await engine.on_endpoint_ready(handle)
         ep = self.endpoint_id
         self._mdc_key = ep.mdc_key(self.instance_id)
@@ -379,7 +371,7 @@ class Worker:
         )
         logger.debug("model registered with discovery")
         # /engine/control|update/<name> on the system port (dynamo_lite/engine_routes.py).
-        self.engine_routes = EngineRoutes(self, engine)
+        self.engine_routes = EngineRoutes(self, engine, self.instance_switch)
         if self.system_server is not None:
             self.system_server.route_body("/engine/", self.engine_routes.handle)
         payload = await resolve_payload(engine, cfg)

@@ -17,7 +17,7 @@ from dynamo_lite import EngineConfig, LLMEngine, WorkerConfig
 from dynamo_lite.discovery import EndpointId
 from dynamo_lite.discovery import keys as dkeys
 from dynamo_lite.discovery.memory import MemoryStore
-from dynamo_lite.engine_routes import EngineRoutes, before_routes
+from dynamo_lite.engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
 from dynamo_lite.system_server import Health, SystemServer
 
 pytestmark = pytest.mark.anyio
@@ -257,3 +257,22 @@ async def test_before_the_engine_routes_exist() -> None:
     assert r.status == 404
     r = await before_routes("POST", "/engine/control/echo", b"nope")
     assert (r.status, json.loads(r.body)["error"]) == (400, "Invalid JSON")
+
+
+async def test_the_endpoint_object_takes_the_instance_out_and_back(worker: FakeWorker) -> None:
+    switch = InstanceSwitch(worker)
+    endpoint = ServingEndpoint("dynamo", "sample", "generate", 7, switch)
+    assert endpoint.connection_id() == 7 and endpoint.path == "dynamo.sample.generate"
+    await endpoint.unregister_endpoint_instance()
+    assert not await registered(worker) and worker.health.ready  # readiness is the routes' job
+    with pytest.raises(Exception, match="Unable to unregister endpoint instance"):
+        await endpoint.unregister_endpoint_instance()
+    await endpoint.register_endpoint_instance()
+    await endpoint.register_endpoint_instance()  # idempotent
+    assert await registered(worker)
+    # The routes share the switch: a pause after a manual unregister fails, untouched engine.
+    engine = ControlEngine()
+    routes = EngineRoutes(worker, engine, switch)
+    await endpoint.unregister_endpoint_instance()
+    _, body = await call(routes, "/engine/control/pause_generation")
+    assert body["status"] == "error" and engine.calls == []

@@ -6,7 +6,8 @@ can be compared. The request body steers the answer: ``{"ret": X}`` returns
 X, ``{"exc": "TypeError"}`` raises that builtin, ``{"fail": true}`` answers
 with an error; ``wake_up`` reports ``is_sleeping`` from ``stay_asleep``. Every
 call is appended to ``$CTL_EVENTS`` (JSON lines). With ``$CTL_START_GATE``,
-``start()`` waits until that file exists.
+``start()`` waits until that file exists. ``ep_off`` / ``ep_on`` call the
+endpoint object ``on_endpoint_ready`` received.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from dynamo.common.backend.run import run
 from dynamo.common.backend.sample_engine import SampleLLMEngine
 
-CONTROLS = {"pause_generation", "resume_generation", "sleep", "wake_up", "echo"}
+CONTROLS = {"pause_generation", "resume_generation", "sleep", "wake_up", "echo", "ep_off", "ep_on"}
 UPDATES = {"lora"}
 
 
@@ -38,11 +39,23 @@ class ControlEngine(SampleLLMEngine):  # type: ignore[misc]
             await asyncio.sleep(0.02)
         return await super().start(worker_id)
 
+    async def on_endpoint_ready(self, endpoint: Any) -> None:
+        self.endpoint = endpoint
+        record(kind="endpoint", id_is_int=isinstance(endpoint.connection_id(), int))
+
     def supported_controls(self) -> set[str]:
         return set(CONTROLS)
 
     async def engine_control(self, control: str, body: dict[str, Any]) -> Any:
         record(kind="control", name=control, body=body)
+        if control in ("ep_off", "ep_on"):
+            try:
+                if control == "ep_off":
+                    await self.endpoint.unregister_endpoint_instance()
+                else:
+                    await self.endpoint.register_endpoint_instance()
+            except Exception as exc:
+                return {"status": "error", "message": f"{type(exc).__name__}: {exc}"}
         return self._answer(control, body)
 
     def supported_updates(self) -> set[str]:

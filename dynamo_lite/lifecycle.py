@@ -9,7 +9,7 @@ How a dynamo_lite worker lives and dies
                    │  │           │              │             │
                    │  │ discovery │ start()      │ hook or     │ first SIGTERM/SIGINT,
                    │  │ down      │ raised       │ card failed │ lease lost (opt-in),
-                   │  ▼           ▼              ▼             │ endpoint closed
+                   │  ▼           ▼              ▼             │ run() cancelled
                    │  └─────► FAILED ◄───────────┘             ▼
                    │              │                         GRACE ──► DRAINING
                    │              │                           │           │
@@ -57,7 +57,16 @@ STOPPED
     Terminal. The exit status says how: 0 for every orderly shutdown
     (``cleanup()`` raising included), 1 when startup failed.
 
-A second signal in GRACE or DRAINING skips what is left of both. A
+A second signal in GRACE or DRAINING skips what is left of both.
+
+Cancelling ``Worker.run()`` (or the task group it runs in) is a shutdown
+too, from any state: the worker takes the path a second signal would (no
+grace, no drain wait; streams still open are cut with an explicit error
+item), shielded from further cancellation and bounded by the shutdown
+timeout, then re-raises the cancellation. A state whose work was interrupted
+is resumed, never repeated: ``cleanup()`` still runs at most once.
+
+A
 watchdog started by the first signal bounds the whole shutdown to
 ``DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT`` (default 30 s) plus the grace
 period; overrunning it exits the process with status 911 (the OS reports
@@ -66,15 +75,29 @@ period; overrunning it exits the process with status 911 (the OS reports
 Every transition is checked against :data:`TRANSITIONS` (an illegal one
 raises :class:`IllegalTransition`) and logged as one structured event with
 the old and new state, the reason and the time since the previous one.
+
+Who owns which task
+-------------------
+``Worker.run()`` opens one anyio task group for the whole run. Every
+background service is started into it under a handle
+(:mod:`dynamo_lite.tasks`) and stopped by TEARDOWN in order: the system
+server and its connections (from CONNECTING until the very end), the
+request-plane sweeper and the NATS subscription (until the listener closes;
+the subscription already in DRAINING), the discovery keepalive (until the
+lease is revoked), the canary and the stall detector (from SERVING until
+GRACE). Request and abort tasks are spawned from the socket callback into the
+endpoint's task set (cheaper than a task group on that path, and one request
+failing must not cancel the others); TEARDOWN joins and then cancels them.
+Waits that a shutdown request or a second signal interrupts (CONNECTING, the
+SERVING wait, the grace sleep, the drain) are cancel scopes that the request
+cancels. Signals are captured for the length of the run and given back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 logger = logging.getLogger("dynamo_lite.lifecycle")
@@ -84,10 +107,16 @@ __all__ = [
     "EXIT_OK",
     "EXIT_WATCHDOG",
     "TRANSITIONS",
+    "BadTlsSettings",
+    "DiscoveryUnreachable",
+    "EngineStartFailed",
     "IllegalTransition",
     "Lifecycle",
     "Reason",
+    "SetupFailed",
+    "StartupError",
     "State",
+    "UnknownRequestPlane",
 ]
 
 EXIT_OK = 0
@@ -114,6 +143,8 @@ class Reason(enum.Enum):
     RUN = "run"
     CONNECTED = "connected"
     DISCOVERY_UNREACHABLE = "discovery unreachable"
+    BAD_TLS_SETTINGS = "bad TLS settings"
+    UNKNOWN_PLANE = "unknown request plane"
     STARTED = "engine started"
     START_FAILED = "engine start failed"
     SETUP_FAILED = "setup failed"
@@ -122,7 +153,8 @@ class Reason(enum.Enum):
     SIGINT = "SIGINT"
     SIGNAL_BEFORE_START = "signal before start"
     LEASE_LOST = "lease lost"
-    ENDPOINT_CLOSED = "endpoint closed"
+    CANCELLED = "run() cancelled"
+    SHUTDOWN_CALLED = "shutdown() called"
     GRACE_ELAPSED = "grace period elapsed"
     SECOND_SIGNAL = "second signal"
     DRAINED = "drained"
@@ -149,9 +181,6 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.STOPPED: frozenset(),
 }
 
-#: States in which a shutdown signal starts the graceful path.
-SHUTDOWN_STATES = frozenset({S.GRACE, S.DRAINING, S.CLEANING, S.TEARDOWN, S.STOPPED})
-
 
 class IllegalTransition(RuntimeError):
     def __init__(self, current: State, target: State, reason: Reason) -> None:
@@ -161,6 +190,46 @@ class IllegalTransition(RuntimeError):
         self.current = current
         self.target = target
         self.reason = reason
+
+
+class StartupError(Exception):
+    """The worker could not start; ``reason`` is the lifecycle reason it fails with.
+
+    ``Worker.run()`` logs it and returns status 1; ``dynamo_lite.serve()``
+    raises it, after the same orderly cleanup.
+    """
+
+    reason: Reason = Reason.SETUP_FAILED
+
+
+class DiscoveryUnreachable(StartupError):
+    """Discovery (etcd, NATS, the file store's root) or a listener could not be set up."""
+
+    reason = Reason.DISCOVERY_UNREACHABLE
+
+
+class BadTlsSettings(StartupError):
+    """The ``DYN_TCP_TLS_*`` settings are incomplete or unreadable."""
+
+    reason = Reason.BAD_TLS_SETTINGS
+
+
+class UnknownRequestPlane(StartupError):
+    """``request_plane`` is neither ``tcp`` nor ``nats``."""
+
+    reason = Reason.UNKNOWN_PLANE
+
+
+class EngineStartFailed(StartupError):
+    """``engine.start()`` raised (``cleanup()`` still runs)."""
+
+    reason = Reason.START_FAILED
+
+
+class SetupFailed(StartupError):
+    """A setup hook, the model card or the instance record failed (after ``start()``)."""
+
+    reason = Reason.SETUP_FAILED
 
 
 @dataclass(frozen=True)
@@ -187,7 +256,7 @@ class Lifecycle:
       DRAINING), so cleanup never overlaps ``start()``.
     """
 
-    def __init__(self, on_transition: Callable[[Transition], None] | None = None) -> None:
+    def __init__(self) -> None:
         self.state = State.CREATED
         self.history: list[Transition] = []
         self.exit_code = EXIT_OK
@@ -196,14 +265,10 @@ class Lifecycle:
         self._cleanup_claimed = False
         self._started_at = time.monotonic()
         self._last = self._started_at
-        self._on_transition = on_transition
-        self._shutdown = asyncio.Event()
-        self._hurry = asyncio.Event()
+        #: Set when the shutdown is hurried: a second signal, or a cancelled run.
+        self.hurry_reason: Reason | None = None
 
     # --- transitions ---------------------------------------------------------
-    def can(self, target: State) -> bool:
-        return target in TRANSITIONS[self.state]
-
     def to(self, target: State, reason: Reason, **detail: object) -> Transition:
         if target not in TRANSITIONS[self.state]:
             raise IllegalTransition(self.state, target, reason)
@@ -228,8 +293,6 @@ class Lifecycle:
                 **{k: v for k, v in detail.items() if k not in ("message", "asctime")},
             },
         )
-        if self._on_transition is not None:
-            self._on_transition(t)
         return t
 
     @property
@@ -241,6 +304,10 @@ class Lifecycle:
     def cleanup_owed(self) -> bool:
         return State.STARTING in self.visited and not self._cleanup_claimed
 
+    @property
+    def cleanup_claimed(self) -> bool:
+        return self._cleanup_claimed
+
     def claim_cleanup(self) -> bool:
         """True exactly once, and only if ``start()`` was called."""
         if self.state is not State.CLEANING:
@@ -250,41 +317,30 @@ class Lifecycle:
         self._cleanup_claimed = True
         return True
 
-    # --- signals -------------------------------------------------------------
+    # --- shutdown requests ---------------------------------------------------
     def request_shutdown(self, reason: Reason) -> bool:
         """Record a shutdown request; returns True if it is the first one.
 
-        A second request sets :attr:`hurry`, which cuts grace and drain short.
+        A later request *hurries* the shutdown: what is left of the grace
+        period and the drain is skipped.
         """
         self.signals += 1
         if self.shutdown_reason is None:
             self.shutdown_reason = reason
-            self._shutdown.set()
             return True
-        self._hurry.set()
+        self.hurry_reason = self.hurry_reason or Reason.SECOND_SIGNAL
         return False
+
+    def hurry(self, reason: Reason) -> None:
+        """Shut down without grace or drain (a cancelled run)."""
+        if self.shutdown_reason is None:
+            self.shutdown_reason = reason
+        self.hurry_reason = self.hurry_reason or reason
 
     @property
     def shutdown_requested(self) -> bool:
-        return self._shutdown.is_set()
+        return self.shutdown_reason is not None
 
     @property
     def hurried(self) -> bool:
-        return self._hurry.is_set()
-
-    async def wait_shutdown(self) -> None:
-        await self._shutdown.wait()
-
-    async def sleep_unless_hurried(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; False if a second signal cut it short."""
-        if self._hurry.is_set():
-            return False
-        try:
-            async with asyncio.timeout(max(seconds, 0.0)):
-                await self._hurry.wait()
-        except TimeoutError:
-            return True
-        return False
-
-    async def wait_hurry(self) -> None:
-        await self._hurry.wait()
+        return self.hurry_reason is not None

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -236,7 +237,8 @@ async def test_system_server_hands_the_body_to_the_routes(worker: FakeWorker) ->
     server = SystemServer("127.0.0.1", 0, worker.health, env={})
     server.route_body("/engine/", routes.handle)
     port = await server.start()
-    try:
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             for method in ("GET", "POST", "PUT", "DELETE"):
                 r = await client.request(method, "/engine/control/echo?x=1", content=b'{"k":"v"}')
@@ -246,8 +248,7 @@ async def test_system_server_hands_the_body_to_the_routes(worker: FakeWorker) ->
             assert r.status_code == 413
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             assert (await client.get("/health")).status_code == 200
-    finally:
-        await server.close()
+        tg.cancel_scope.cancel()
 
 
 async def test_before_the_engine_routes_exist() -> None:

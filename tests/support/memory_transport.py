@@ -224,7 +224,8 @@ class MemoryConnector:
     """A ``loop.create_connection`` stand-in that records every dial.
 
     ``await connector.next_peer()`` returns the peer of the next connection
-    made; ``refuse`` makes dials fail with ``ConnectionRefusedError``.
+    made; ``refuse`` makes dials fail with ``ConnectionRefusedError``;
+    ``stalled`` makes new peers start without reading (before the first write).
     """
 
     def __init__(self, *, high_water: int = 64 * 1024) -> None:
@@ -232,6 +233,7 @@ class MemoryConnector:
         self.peers: list[Peer] = []
         self.dialled: list[tuple[str, int, ssl.SSLContext | None]] = []
         self.refuse = False
+        self.stalled = False
         self._new: asyncio.Queue[Peer] = asyncio.Queue()
 
     async def __call__(
@@ -245,7 +247,10 @@ class MemoryConnector:
         if self.refuse:
             raise ConnectionRefusedError(f"refused {host}:{port}")
         protocol = factory()
-        peer = connect(protocol, high_water=self.high_water)
+        transport = MemoryTransport(protocol, high_water=self.high_water)
+        peer = transport.peer
+        peer.reading = not self.stalled
+        protocol.connection_made(transport)
         self.peers.append(peer)
         self._new.put_nowait(peer)
         return peer.transport, protocol

@@ -241,6 +241,8 @@ class SystemServer:
                         conn.receive_data(data)
                     elif isinstance(event, h11.Request):
                         await self._respond(conn, stream, event)
+                        if conn.our_state is h11.MUST_CLOSE:
+                            break  # "connection: close" (or HTTP/1.0): done, close now
                     elif event is h11.PAUSED:
                         # One request/response cycle is complete.
                         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from dynamo_lite.discovery import keys
+from tests.support.extras import require_module
 from tests.support.lite import REPO, read_events, wait_until, worker_argv, worker_env
 from tests.support.ports import free_port
 from tests.support.services import EtcdServer, ManagedProcess
@@ -389,7 +390,7 @@ def test_worker_serves_with_and_without_uvloop(
     from dynamo_lite.client import Client
     from dynamo_lite.discovery import FileStore
 
-    pytest.importorskip("uvloop")
+    require_module("uvloop")
     events = tmp_path / "events.jsonl"
     proc = start_worker(spawn, tiny_model, file_kv, events, DYN_LITE_UVLOOP=uvloop)
 

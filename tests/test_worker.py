@@ -206,16 +206,26 @@ async def test_finish_reason_normalisation(model_dir: Path) -> None:
 async def test_overload_and_draining_acks(model_dir: Path) -> None:
     engine = ScriptedEngine()
     async with running(engine, model_dir) as h:
+        instance = (await h.client.instances())[0]
         h.worker.endpoint.max_inflight = 0
         with pytest.raises(Rejected) as err:
             await h.generate()
         assert err.value.overloaded
         h.worker.endpoint.max_inflight = 10
-        h.worker.endpoint.accepting = False
+        # A long request keeps the worker draining once shutdown begins.
+        long = await h.client.generate(
+            {"token_ids": [1], "stop_conditions": {"max_tokens": 100_000}}, instance=instance
+        )
+        h.worker.request_shutdown()
+        with anyio.fail_after(10):
+            while h.worker.lifecycle.state is not State.DRAINING:
+                await asyncio.sleep(0.01)
         with pytest.raises(Rejected) as err:
-            await h.generate()
+            await h.client.generate({"token_ids": [1]}, instance=instance)
         assert err.value.reply.startswith("Server unavailable: ")
-        h.worker.endpoint.accepting = True
+        assert not err.value.overloaded
+        await long.cancel()
+        assert await asyncio.wait_for(h.task, 20) == 0
 
 
 async def test_malformed_request_body_is_invalid_argument(model_dir: Path) -> None:

@@ -28,11 +28,11 @@ from typing import Any
 import httpx
 import pytest
 
+from dynamo_lite.tiny_model import decode
 from tests.engines import faults
 from tests.support.lite import REPO, wait_until, worker_argv, worker_env
 from tests.support.services import ManagedProcess
 from tests.support.stock import StockFrontend, loopback_env, stock_python
-from tests.support.tiny_model import decode
 
 pytestmark = pytest.mark.interop
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from dynamo_lite.tiny_model import decode
 from tests.support.lite import worker_argv, worker_env
-from tests.support.tiny_model import decode
 
 pytestmark = pytest.mark.interop
 

@@ -163,7 +163,7 @@ async def test_garbage_headers_do_not_reject_the_request() -> None:
 # --- one request -------------------------------------------------------------
 
 
-async def test_stream_bytes_equal_the_stock_capture() -> None:
+async def test_stream_frames_match_the_stock_capture() -> None:
     ep, engine, connector = make(stock_engine)
     peer, ctx = await start(ep, connector)
     assert connector.dialled == [("127.0.0.1", 46265, None)]

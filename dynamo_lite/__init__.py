@@ -5,6 +5,7 @@ stock Dynamo 1.6.1 frontend discovers, routes to, streams from and cancels
 the resulting worker exactly as it does a stock one.
 """
 
+from . import telemetry
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
 from .context import Context
 from .embedding import ShutDownBeforeServing, serve
@@ -89,4 +90,5 @@ __all__ = [
     "ZmqSource",
     "run",
     "serve",
+    "telemetry",
 ]

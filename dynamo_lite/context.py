@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .telemetry import SpanProxy
 
 
 class ContextMetadata(MutableMapping[str, str]):
@@ -110,6 +114,23 @@ class Context:
     def span_id(self) -> str | None:
         parts = self._trace_headers.get("traceparent", "").split("-")
         return parts[2] if len(parts) == 4 else None
+
+    @property
+    def parent_span_id(self) -> str | None:
+        """The span the request arrived under (the caller's, from ``traceparent``)."""
+        return self.span_id
+
+    def current_span(self) -> SpanProxy:
+        """The ``engine.generate`` span (see :mod:`dynamo_lite.telemetry`); a no-op without one."""
+        from . import telemetry
+
+        return telemetry.current_span(self)
+
+    def start_span(self, name: str, attrs: dict[str, Any] | None = None) -> SpanProxy:
+        """A child span under ``engine.generate``, for use as a context manager."""
+        from . import telemetry
+
+        return telemetry.start_span(self, name, **(attrs or {}))
 
     def detached(self, id: str) -> Context:
         """A fresh, un-cancelled context with a new id and the same metadata."""

@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .card import served_model_name
+from .multiproc import bridge_global_registry, ensure_prometheus_multiproc_dir
 from .stats import (
     PERMIT_WAIT_BUCKETS,
     Histogram,
@@ -73,6 +74,7 @@ __all__ = [
     "EngineMetrics",
     "Histogram",
     "WorkerMetrics",
+    "ensure_prometheus_multiproc_dir",
     "gather_with_labels",
     "register_engine_registry",
     "register_global_registry",
@@ -515,15 +517,14 @@ def register_global_registry(
 ) -> None:
     """Bridge the global ``prometheus_client.REGISTRY``, keeping ``engine_prefix`` families.
 
-    Multi-process collection (``PROMETHEUS_MULTIPROC_DIR``) is the engine's
-    business: a ``MultiProcessCollector`` it registered on ``REGISTRY`` is
-    gathered like any other collector.
+    With ``PROMETHEUS_MULTIPROC_DIR`` set, the engine's multi-process metrics
+    are collected too (see :mod:`dynamo_lite.multiproc`); the families of
+    ``multiproc_only_prefixes`` exist only there.
     """
-    from prometheus_client import REGISTRY
-
-    register_engine_registry(
+    bridge_global_registry(
         metrics,
-        REGISTRY,
-        prefix_filters=[engine_prefix, *(multiproc_only_prefixes or ())],
+        register_engine_registry,
+        engine_prefix=engine_prefix,
+        multiproc_only_prefixes=multiproc_only_prefixes,
         exclude_prefixes=exclude_prefixes,
     )

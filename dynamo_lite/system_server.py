@@ -51,6 +51,10 @@ class Response:
 
 
 Handler = Callable[[str, str], Awaitable[Response] | Response]
+#: ``handler(method, path, body)``: routes that read the request body (any method).
+BodyHandler = Callable[[str, str, bytes], Awaitable[Response]]
+#: Request bodies above this are refused (stock's HTTP stack limits them to 2 MB too).
+MAX_BODY = 2 * 1024 * 1024
 
 
 class Health:
@@ -131,6 +135,7 @@ class SystemServer:
         self.routes[live_path] = self._health
         self.routes["/metadata"] = lambda m, p: Response(404, b"Discovery metadata not available")
         self.prefix_routes.append(("/engine/", self._engine_not_found))
+        self.body_routes: dict[str, BodyHandler] = {}
         self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
         #: Idle keep-alive connections are closed after this long.
         self.idle_timeout = 30.0
@@ -155,6 +160,17 @@ class SystemServer:
             return Response(200, body, content_type)
 
         self.routes["/metrics"] = metrics
+
+    def route_body(self, prefix: str, handler: BodyHandler) -> None:
+        """Serve every method under ``prefix`` with ``handler``, which gets the request body.
+
+        A later handler for the same prefix replaces the earlier one.
+        """
+        self.body_routes[prefix] = handler
+
+    def _body_handler(self, target: str) -> BodyHandler | None:
+        path = target.split("?", 1)[0]
+        return next((h for p, h in self.body_routes.items() if path.startswith(p)), None)
 
     def route(self, path: str, handler: Handler, *, prefix: bool = False) -> None:
         if prefix:
@@ -207,10 +223,52 @@ class SystemServer:
     async def _respond(
         self, conn: h11.Connection, stream: anyio.abc.SocketStream, request: h11.Request
     ) -> None:
-        import h11
 
         method = request.method.decode()
         response = await self._dispatch(method, request.target.decode())
+        await self._send(conn, stream, method, response)
+
+    async def _respond_with_body(
+        self,
+        conn: h11.Connection,
+        stream: anyio.abc.SocketStream,
+        request: h11.Request,
+        handler: BodyHandler,
+    ) -> bool:
+        """Read the body, answer through ``handler``; False when the connection must close."""
+        import h11
+
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                with anyio.fail_after(self.idle_timeout):
+                    try:
+                        data = await stream.receive(65536)
+                    except anyio.EndOfStream:
+                        data = b""
+                conn.receive_data(data)
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_BODY:
+                    await self._send(conn, stream, "POST", Response(413, b"length limit exceeded"))
+                    return False
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return False
+        method = request.method.decode()
+        path = request.target.decode().split("?", 1)[0]
+        await self._send(conn, stream, method, await handler(method, path, b"".join(chunks)))
+        return True
+
+    async def _send(
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream, method: str, response: Response
+    ) -> None:
+        import h11
+
         headers = [
             ("content-type", response.content_type),
             ("content-length", str(len(response.body))),
@@ -240,7 +298,11 @@ class SystemServer:
                                 data = b""
                         conn.receive_data(data)
                     elif isinstance(event, h11.Request):
-                        await self._respond(conn, stream, event)
+                        body_handler = self._body_handler(event.target.decode())
+                        if body_handler is None:
+                            await self._respond(conn, stream, event)
+                        elif not await self._respond_with_body(conn, stream, event, body_handler):
+                            break
                         if conn.our_state is h11.MUST_CLOSE:
                             break  # "connection: close" (or HTTP/1.0): done, close now
                     elif event is h11.PAUSED:

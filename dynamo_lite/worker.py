@@ -16,7 +16,6 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -29,6 +28,7 @@ from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .discovery import keys as dkeys
 from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
+from .engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
 from .errors import InvalidArgument
 from .lifecycle import (
     EXIT_WATCHDOG,
@@ -62,18 +62,8 @@ TEARDOWN_JOIN_BOUND = 2.0
 QUIESCENT_POLL = 0.5
 
 
-@dataclass(frozen=True)
-class EndpointHandle:
-    """What ``on_endpoint_ready`` receives: the served endpoint's identity."""
-
-    namespace: str
-    component: str
-    name: str
-    instance_id: int
-
-    @property
-    def path(self) -> str:
-        return f"{self.namespace}.{self.component}.{self.name}"
+#: What ``on_endpoint_ready`` receives (dynamo_lite/engine_routes.py).
+EndpointHandle = ServingEndpoint
 
 
 class _NullKvPublisher:
@@ -412,6 +402,7 @@ class Worker:
                 # Up first, answering 503 while the engine starts (as stock).
                 self.system_server = SystemServer(s.system_host, s.system_port, self.health)
                 self.system_server.serve_metrics(self.metrics.render, METRICS_CONTENT_TYPE)
+                self.system_server.route_body("/engine/", before_routes)
                 await self.system_server.start()
                 await self._start_service("system server", self.system_server.serve)
             self.endpoint.max_inflight = s.max_inflight
@@ -491,7 +482,10 @@ class Worker:
         )
         self.card = build_card(files, cfg, self.engine_config, url_for=await self._self_host(files))
         logger.debug("local model built")
-        handle = EndpointHandle(cfg.namespace, cfg.component, cfg.endpoint, self.instance_id)
+        self.instance_switch = InstanceSwitch(self)
+        handle = ServingEndpoint(
+            cfg.namespace, cfg.component, cfg.endpoint, self.instance_id, self.instance_switch
+        )
         await engine.on_endpoint_ready(handle)
         ep = self.endpoint_id
         self._mdc_key = ep.mdc_key(self.instance_id)
@@ -499,8 +493,10 @@ class Worker:
             self._mdc_key, dkeys.dumps(dkeys.mdc_record(ep, self.instance_id, self.card))
         )
         logger.debug("model registered with discovery")
-        engine.supported_controls()
-        engine.supported_updates()
+        # /engine/control|update/<name> on the system port (dynamo_lite/engine_routes.py).
+        self.engine_routes = EngineRoutes(self, engine, self.instance_switch)
+        if self.system_server is not None:
+            self.system_server.route_body("/engine/", self.engine_routes.handle)
         payload = await resolve_payload(engine, cfg)
         self.monitor = HealthMonitor(
             engine, self.endpoint, self.health, self.health_settings, payload

@@ -49,7 +49,7 @@ from .protocol.errors import ProtocolError
 from .stats import EndpointStats
 from .stream import RawStreamValidator, StreamValidator
 from .tasks import TaskSet
-from .transport.response_stream import ResponseStream, open_stream
+from .transport.response_stream import Connector, ResponseStream, open_stream
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ class Endpoint:
         self.call_home_ssl: ssl.SSLContext | None = None
         #: A frontend that stops reading for this long is treated as gone.
         self.write_stall_timeout = 60.0
+        #: How call-home connections are dialled (None: ``loop.create_connection``).
+        self.connect: Connector | None = None
 
     # --- admission (runs inside the socket callback) -------------------------
     def admit(self, frame: rp.RequestFrame) -> bytes:
@@ -220,6 +222,7 @@ class Endpoint:
                     subject,
                     lambda signal: self._on_cancel(req, signal),
                     ssl_context=self.call_home_ssl,
+                    connect=self.connect,
                 )
             except (OSError, TimeoutError) as exc:
                 logger.warning("cannot call home to %s:%d: %s", *address, exc)

@@ -303,6 +303,8 @@ class SystemServer:
                             await self._respond(conn, stream, event)
                         elif not await self._respond_with_body(conn, stream, event, body_handler):
                             break
+                        if conn.our_state is h11.MUST_CLOSE:
+                            break  # "connection: close" (or HTTP/1.0): done, close now
                     elif event is h11.PAUSED:
                         # One request/response cycle is complete.
                         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

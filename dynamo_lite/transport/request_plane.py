@@ -165,19 +165,22 @@ class RequestPlaneServer:
         task_status.started()
         while True:
             await anyio.sleep(interval)
-            now = time.monotonic()
-            for conn in list(self.connections):
-                partial = conn.partial_since
-                if partial is not None and now - partial > self.frame_timeout:
-                    logger.warning(
-                        "request plane: frame incomplete after %.0fs; closing", self.frame_timeout
-                    )
-                    conn.abort()
-                elif now - conn.last_activity > self.idle_timeout:
-                    logger.debug(
-                        "request plane: closing a connection idle for %.0fs", self.idle_timeout
-                    )
-                    conn.close()
+            self.sweep_once(time.monotonic())
+
+    def sweep_once(self, now: float) -> None:
+        """One pass of :meth:`sweep` at monotonic time ``now``."""
+        for conn in list(self.connections):
+            partial = conn.partial_since
+            if partial is not None and now - partial > self.frame_timeout:
+                logger.warning(
+                    "request plane: frame incomplete after %.0fs; closing", self.frame_timeout
+                )
+                conn.abort()
+            elif now - conn.last_activity > self.idle_timeout:
+                logger.debug(
+                    "request plane: closing a connection idle for %.0fs", self.idle_timeout
+                )
+                conn.close()
 
     async def close(self) -> None:
         """Close the listener and every connection (bounded, shielded)."""

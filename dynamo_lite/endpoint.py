@@ -1,12 +1,12 @@
-"""One served endpoint: admits request frames and drives the engine per request.
+"""One served endpoint: admits requests and drives the engine per request.
 
 Per request (theory of operation)::
 
-    admit(frame)        sync, in the socket callback: decide the reply
+    submit(payload)     sync, in the plane's callback: decide the answer
       ├─ not accepting   → "Server unavailable: …"   (frontend: 503 at once)
       ├─ at capacity     → "Server overloaded: …"    (frontend: 529)
       ├─ bad envelope    → "Server unavailable: malformed request …"
-      └─ ok              → ack, and a request task is spawned
+      └─ ok              → None (the plane acks), and a request task is spawned
     request task
       ├─ dial the frontend, handshake + prologue {"error":null}
       ├─ decode the body (garbage → InvalidArgument error item)
@@ -139,17 +139,8 @@ class Endpoint:
         self.connect: Connector | None = None
 
     # --- admission (runs inside the socket callback) -------------------------
-    def admit(self, frame: rp.RequestFrame) -> bytes:
-        """Request-plane entry: the reply for one frame (ack or rejection)."""
-        try:
-            headers = frame.headers()
-        except ProtocolError:
-            headers = {}
-        rejection = self.submit(frame.payload, headers)
-        return rp.ACK if rejection is None else rp.encode_reply(rejection)
-
     def submit(self, payload: bytes, headers: dict[str, str]) -> str | None:
-        """Admit one request payload from any request plane.
+        """Admit one request payload from any request plane (each encodes the answer).
 
         Returns None when the request was accepted (its task is running), or
         the rejection text (``Server overloaded: …`` / ``Server unavailable: …``).

@@ -48,8 +48,8 @@ from .metrics import WorkerMetrics
 from .signals import Watchdog, captured_signals
 from .system_server import Health, Response, SystemServer
 from .tasks import Service, start_service
-from .transport.nats_plane import NatsError, NatsRequestPlane, subject_for
-from .transport.request_plane import RequestPlaneServer
+from .transport.nats_plane import NatsError
+from .transport.planes import RequestPlane, TcpPlane, open_plane
 from .transport.tls import TcpTls, TlsConfigError
 
 logger = logging.getLogger("dynamo_lite.worker")
@@ -140,14 +140,13 @@ class Worker:
         self.endpoint_id = EndpointId(config.namespace, config.component, config.endpoint)
         self.endpoint = Endpoint(engine, config.endpoint, raw=isinstance(engine, RawEngine))
         self.endpoint.disagg_role = config.disaggregation_mode.value
-        self.server: RequestPlaneServer | None = None
-        self.nats: NatsRequestPlane | None = None
+        #: How requests reach this worker: TCP or NATS (dynamo_lite/transport/planes.py).
+        self.plane: RequestPlane | None = None
         self.instance_id: int | None = None
         self.engine_config: EngineConfig | None = None
         self.card: dict[str, Any] | None = None
         self.health = Health()
         self.system_server: SystemServer | None = None
-        self.advertised: tuple[str, int] | None = None
         self.timings: dict[str, float] = {}
         self.lease_recoveries = 0
         self.lease_losses = 0
@@ -172,6 +171,11 @@ class Worker:
         self._on_hurry: set[anyio.CancelScope] = set()
         self._serving: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
+
+    @property
+    def advertised(self) -> tuple[str, int] | None:
+        """Where the TCP plane tells the frontend to connect (None on NATS or before binding)."""
+        return self.plane.advertised if isinstance(self.plane, TcpPlane) else None
 
     @property
     def lease_renewals(self) -> int:
@@ -407,24 +411,19 @@ class Worker:
                 await self._start_service("system server", self.system_server.serve)
             self.endpoint.max_inflight = s.max_inflight
             self.endpoint.write_stall_timeout = s.write_stall_timeout
-            if plane == "nats":
-                self.nats = NatsRequestPlane()
-                await self.nats.connect()
-            else:
-                host = s.tcp_host
-                self.server = RequestPlaneServer(
-                    host or "0.0.0.0",
-                    s.tcp_port,
-                    max_message_size=s.max_message_size,
-                    ssl_context=server_ssl,
-                    ssl_handshake_timeout=tls.handshake_timeout,
-                    frame_timeout=s.frame_timeout,
-                    idle_timeout=s.idle_timeout,
-                    max_connections=s.max_connections,
-                )
-                port = await self.server.start()
-                await self._start_service("request-plane sweeper", self.server.sweep)
-                self.advertised = (host or detect_host(), port)
+            self.plane = open_plane(
+                plane,
+                host=s.tcp_host,
+                port=s.tcp_port,
+                advertise_host=s.tcp_host or detect_host(),
+                max_message_size=s.max_message_size,
+                ssl_context=server_ssl,
+                ssl_handshake_timeout=tls.handshake_timeout,
+                frame_timeout=s.frame_timeout,
+                idle_timeout=s.idle_timeout,
+                max_connections=s.max_connections,
+            )
+            await self.plane.start(tg)
             self.store.on_lost = self._on_lease_lost
             self.store.on_recovered = self._on_lease_recovered
             self.instance_id = await self.store.open()
@@ -503,16 +502,8 @@ class Worker:
         )
         # Open the endpoint before advertising it so the first request finds it.
         self.endpoint.accepting = True
-        transport: dict[str, str]
-        if self.nats is not None:
-            subject = subject_for(cfg.namespace, cfg.component, cfg.endpoint, self.instance_id)
-            await self._start_service("NATS subscription", self.nats.serve, subject, self.endpoint)
-            transport = {"nats_tcp": subject}
-        else:
-            assert self.server is not None and self.advertised is not None
-            self.server.endpoints[ep.endpoint_path(self.instance_id)] = self.endpoint
-            host, port = self.advertised
-            transport = dkeys.tcp_transport(host, port, ep, self.instance_id)
+        assert self.plane is not None and self._tg is not None
+        transport = await self.plane.serve(self._tg, ep, self.instance_id, self.endpoint)
         record = dkeys.instance_record(ep, self.instance_id, transport, self.settings.request_codec)
         self._instance_key = ep.instance_key(self.instance_id)
         await self.store.put(self._instance_key, dkeys.dumps(record))
@@ -620,7 +611,8 @@ class Worker:
         self.endpoint.unavailable_detail = "worker is draining"
         self.endpoint.accepting = False
         # Over NATS, leaving the queue group is the "unavailable" answer.
-        await self._stop_service("NATS subscription")
+        if self.plane is not None:
+            await self.plane.stop_accepting()
         t0 = time.monotonic()
         reason = await self._drain()
         self.timings["drain"] = time.monotonic() - t0
@@ -731,13 +723,8 @@ class Worker:
         await self.endpoint.join(TEARDOWN_JOIN_BOUND)
         await self.endpoint.close()
         # Phase 3: close the listener, delete the card, release liveness.
-        await self._stop_service("request-plane sweeper")
-        if self.server is not None:
-            self.server.endpoints.clear()
-            await self.server.close()
-        await self._stop_service("NATS subscription")
-        if self.nats is not None:
-            await self.nats.close()
+        if self.plane is not None:
+            await self.plane.close()
         await self._unregister_instance()
         if self._mdc_key is not None and self._store is not None:
             try:

@@ -18,6 +18,7 @@ from dynamo_lite.context import Context
 from dynamo_lite.endpoint import Endpoint
 from dynamo_lite.protocol import control, items, twopart
 from dynamo_lite.protocol import request_plane as rp
+from dynamo_lite.transport.request_plane import admit
 from tests.support.memory_transport import MemoryConnector, Peer
 from tests.support.wire import read_stream, replies, vector
 
@@ -80,7 +81,7 @@ def make(generate: Generate, **kwargs: Any) -> tuple[Endpoint, Engine, MemoryCon
 
 async def start(ep: Endpoint, connector: MemoryConnector) -> tuple[Peer, Context]:
     """Admit the stock streaming request and wait for its call-home connection."""
-    assert ep.admit(STREAM_REQUEST) == rp.ACK == vector("stock_ack_ok.bin")
+    assert admit(ep, STREAM_REQUEST) == rp.ACK == vector("stock_ack_ok.bin")
     peer = await connector.next_peer(HANG)
     return peer, ep.requests[REQUEST_ID].ctx
 
@@ -123,14 +124,14 @@ async def wait_for_sentinel(peer: Peer) -> None:
 async def test_not_accepting_replies_unavailable() -> None:
     ep, _, connector = make(stock_engine)
     ep.accepting = False
-    reply = ep.admit(STREAM_REQUEST)
+    reply = admit(ep, STREAM_REQUEST)
     assert replies(reply) == [b"Server unavailable: worker is not serving"]
     assert ep.stats.rejected == 1 and ep.requests == {} and connector.dialled == []
 
 
 async def test_at_capacity_replies_overloaded() -> None:
     ep, _, connector = make(stock_engine, max_inflight=0)
-    [text] = replies(ep.admit(STREAM_REQUEST))
+    [text] = replies(admit(ep, STREAM_REQUEST))
     assert text == b"Server overloaded: worker at capacity"  # the stock worker's text
     assert ep.stats.overloaded == 1 and connector.dialled == []
 
@@ -146,7 +147,7 @@ async def test_at_capacity_replies_overloaded() -> None:
 async def test_malformed_envelope_replies_unavailable(payload: bytes) -> None:
     ep, _, connector = make(stock_engine)
     frame = rp.RequestFrame("generate", b"", payload)
-    [text] = replies(ep.admit(frame))
+    [text] = replies(admit(ep, frame))
     assert text.startswith(b"Server unavailable: malformed request")
     assert ep.requests == {} and connector.dialled == []
 
@@ -154,7 +155,7 @@ async def test_malformed_envelope_replies_unavailable(payload: bytes) -> None:
 async def test_garbage_headers_do_not_reject_the_request() -> None:
     ep, _, connector = make(stock_engine)
     frame = STREAM_REQUEST._replace(raw_headers=b"\xff not json")
-    assert ep.admit(frame) == rp.ACK
+    assert admit(ep, frame) == rp.ACK
     peer = await connector.next_peer(HANG)
     peer.disconnect()
     await finished(ep)
@@ -191,7 +192,7 @@ async def test_garbage_body_ends_with_invalid_argument() -> None:
     ep, engine, connector = make(stock_engine)
     message = twopart.decode(STREAM_REQUEST.payload)
     frame = STREAM_REQUEST._replace(payload=twopart.encode(message.header, b"\xc1garbage"))
-    assert ep.admit(frame) == rp.ACK
+    assert admit(ep, frame) == rp.ACK
     peer = await connector.next_peer(HANG)
     await wait_for_sentinel(peer)
     peer.disconnect()
@@ -384,7 +385,7 @@ async def test_slow_reader_that_resumes_gets_the_whole_stream() -> None:
 async def test_call_home_refused_ends_the_request() -> None:
     ep, engine, connector = make(stock_engine)
     connector.refuse = True
-    assert ep.admit(STREAM_REQUEST) == rp.ACK
+    assert admit(ep, STREAM_REQUEST) == rp.ACK
     await finished(ep)
     assert engine.requests == [] and ep.stats.inflight == 0
 

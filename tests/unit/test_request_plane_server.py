@@ -24,15 +24,16 @@ STOCK_FRAME = vector("stock_req_chat_stream.bin")
 
 
 class Recorder:
-    """An endpoint that acks everything and remembers the frames."""
+    """An endpoint that accepts everything (or rejects with ``rejection``) and
+    remembers what it was given."""
 
-    def __init__(self, reply: bytes = rp.ACK) -> None:
-        self.frames: list[rp.RequestFrame] = []
-        self.reply = reply
+    def __init__(self, rejection: str | None = None) -> None:
+        self.frames: list[tuple[bytes, dict[str, str]]] = []
+        self.rejection = rejection
 
-    def admit(self, frame: rp.RequestFrame) -> bytes:
-        self.frames.append(frame)
-        return self.reply
+    def submit(self, payload: bytes, headers: dict[str, str]) -> str | None:
+        self.frames.append((payload, headers))
+        return self.rejection
 
 
 def server(**kwargs: object) -> tuple[RequestPlaneServer, Recorder]:
@@ -52,8 +53,9 @@ async def test_one_stock_frame_gets_the_stock_ack() -> None:
     _, peer = open_conn(srv)
     peer.send(STOCK_FRAME)
     assert peer.take() == vector("stock_ack_ok.bin")
-    [frame] = rec.frames
-    assert frame.path == PATH and frame.headers()["request-id"].startswith("28bbb211")
+    # The server routed it by path to this endpoint, with the frame's headers.
+    [(_payload, headers)] = rec.frames
+    assert headers["request-id"].startswith("28bbb211")
 
 
 async def test_frame_split_across_reads() -> None:
@@ -70,7 +72,7 @@ async def test_frame_split_across_reads() -> None:
 
 async def test_several_frames_in_one_read_get_replies_in_order() -> None:
     srv, rec = server()
-    other = Recorder(rp.overloaded_reply("busy"))
+    other = Recorder(rp.OVERLOADED_PREFIX + "busy")
     srv.endpoints["other"] = other
     second = rp.encode_frame("other", None, b"payload")
     _, peer = open_conn(srv)

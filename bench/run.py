@@ -85,6 +85,8 @@ class Kind:
     python: Path
     stock: bool = False
     env: tuple[tuple[str, str], ...] = ()
+    #: The engine script, when not the repository's sample engine (a baseline's own).
+    script: Path | None = None
 
 
 @dataclass
@@ -208,7 +210,7 @@ def start_worker(
         argv = [str(kind.python), "-m", "dynamo.common.backend.sample_main", *flags]
         extra: dict[str, str | None] = {}
     else:
-        argv = [str(kind.python), str(s.lite_engine), *flags]
+        argv = [str(kind.python), str(kind.script or s.lite_engine), *flags]
         extra = {"PYTHONPATH": str(REPO)}
     extra.update(dict(kind.env))
     if "PYTHONPATH+" in extra:
@@ -929,6 +931,11 @@ def settings(argv: list[str] | None) -> Settings:
         "msgpack, no uvloop), 'uvloop' (uvloop borrowed from the stock venv), "
         "or 'none'",
     )
+    p.add_argument(
+        "--baseline",
+        help="also run dynamo_lite as of this git revision (flavour 'lite-base', same "
+        "engine script), so that before/after figures come from one alternating run",
+    )
     p.add_argument("--workdir", help="keep models, logs and discovery files here")
     p.add_argument("--json", help="write the raw results here (default bench/results/)")
     a = p.parse_args(argv)
@@ -990,7 +997,31 @@ def settings(argv: list[str] | None) -> Settings:
             )
         else:
             log("uvloop variant skipped: no uvloop for the lite interpreter's Python version")
+    if a.baseline:
+        base = _export(s, a.baseline)
+        s.variants.append(
+            Kind(
+                "lite-base",
+                "litebase",
+                s.lite_python,
+                env=(("PYTHONPATH", str(base)),),
+                script=base / "examples" / "sample_engine.py",
+            )
+        )
     return s
+
+
+def _export(s: Settings, rev: str) -> Path:
+    """``dynamo_lite`` and the sample engine as of ``rev``, unpacked into the workdir."""
+    target = s.workdir / f"baseline-{rev}"
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "dynamo_lite", "examples"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
 
 
 def _uvloop_site(s: Settings) -> Path | None:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from dynamo_lite.tiny_model import write_tiny_model
 from tests.support.cluster import Cluster, copy_model
 from tests.support.netns import Lab, lab_or_fail
 from tests.support.services import (
@@ -23,7 +24,6 @@ from tests.support.stock import (
     StockSampleWorker,
     stock_python,
 )
-from tests.support.tiny_model import build_tiny_model
 
 # Tests using these fixtures get the matching marker automatically, so
 # `-m "not interop"` / `-m "not services"` select correctly without
@@ -69,8 +69,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory of the tiny byte-level BPE model (built once per session)."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    """Directory of the tiny byte-level BPE model (built once per session).
+
+    The package's own generator (``dynamo-lite tiny-model``), so the tests serve
+    exactly what the demo and the benchmarks serve.
+    """
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 # -- etcd / nats ---------------------------------------------------------------

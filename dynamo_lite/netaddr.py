@@ -36,7 +36,10 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ __all__ = [
     "interface_address",
     "read_table",
     "system_url_host",
+    "tcp_listener",
     "url_host",
 ]
 
@@ -315,3 +319,37 @@ def system_url_host(bind_host: str) -> str:
         addr = detect(6)
         return addr if addr != LOOPBACK else detect(4)
     return bind_host
+
+
+async def tcp_listener(host: str | None, port: int) -> anyio.abc.Listener[Any]:
+    """An anyio TCP listener on ``host:port``.
+
+    ``anyio.create_tcp_listener`` resolves with ``AI_ADDRCONFIG``, which refuses
+    an IPv4 literal (``0.0.0.0`` included) on a host with no non-loopback IPv4
+    address: the stock binds it anyway, so an address literal is bound
+    directly when the lookup fails.
+    """
+    try:
+        return await anyio.create_tcp_listener(
+            local_host=host or None, local_port=port, reuse_port=False
+        )
+    except socket.gaierror:
+        literal = (host or "").strip("[]")
+        if (
+            not literal
+            or not _is_ip(literal)
+            or not hasattr(anyio.abc.SocketListener, "from_socket")
+        ):
+            raise
+    family = socket.AF_INET6 if ":" in literal else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((literal, port))
+        sock.listen(128)
+        sock.setblocking(False)
+        listener: anyio.abc.Listener[Any] = await anyio.abc.SocketListener.from_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+    return listener

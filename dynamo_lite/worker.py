@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -22,10 +21,8 @@ import anyio
 import anyio.abc
 
 from .canary import HealthMonitor, HealthSettings, resolve_payload
-from .card import ModelFiles, build_card, served_model_name, slugify
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
-from .discovery import keys as dkeys
 from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
 from .engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
@@ -45,9 +42,10 @@ from .lifecycle import (
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import WorkerMetrics
-from .netaddr import bind_and_advertise, system_url_host, url_host
+from .netaddr import bind_and_advertise
+from .registration import Registration, build_model_card
 from .signals import Watchdog, captured_signals
-from .system_server import Health, Response, SystemServer
+from .system_server import Health, SystemServer
 from .tasks import Service, start_service
 from .transport.nats_plane import NatsError
 from .transport.planes import RequestPlane, TcpPlane, open_plane
@@ -145,7 +143,8 @@ class Worker:
         self.plane: RequestPlane | None = None
         self.instance_id: int | None = None
         self.engine_config: EngineConfig | None = None
-        self.card: dict[str, Any] | None = None
+        #: The card and the instance record in discovery (dynamo_lite/registration.py).
+        self.registration: Registration | None = None
         self.health = Health()
         self.system_server: SystemServer | None = None
         self.timings: dict[str, float] = {}
@@ -163,8 +162,6 @@ class Worker:
         #: Why startup failed, when it did (``serve()`` raises it).
         self.failure: StartupError | None = None
         self._watchdog = Watchdog(self._watchdog_fired)
-        self._instance_key: str | None = None
-        self._mdc_key: str | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._services: dict[str, Service] = {}
         #: Cancel scopes that the first shutdown request / a hurry cancels.
@@ -172,6 +169,11 @@ class Worker:
         self._on_hurry: set[anyio.CancelScope] = set()
         self._serving: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
+
+    @property
+    def card(self) -> dict[str, Any] | None:
+        """The model card as registered (None before registration)."""
+        return self.registration.card if self.registration is not None else None
 
     @property
     def advertised(self) -> tuple[str, int] | None:
@@ -478,23 +480,24 @@ class Worker:
         if ranks:
             self.snapshots = _SnapshotPublisher(ranks)
             engine.attach_snapshot_publisher(self.snapshots)
-        model_dir = cfg.model_name or self.engine_config.model
-        files = await asyncio.to_thread(
-            functools.partial(ModelFiles.scan, model_dir, tokens=not self.endpoint.raw)
+        card = await build_model_card(
+            cfg,
+            self.engine_config,
+            tokens=not self.endpoint.raw,
+            system_server=self.system_server,
+            system_host=self.settings.system_host,
+            self_host=os.environ.get("DYN_SELF_HOST_METADATA", "1").strip().lower()
+            not in ("0", "false"),
         )
-        self.card = build_card(files, cfg, self.engine_config, url_for=await self._self_host(files))
         logger.debug("local model built")
+        self.registration = Registration(self.store, self.endpoint_id, self.instance_id)
         self.instance_switch = InstanceSwitch(self)
         handle = ServingEndpoint(
             cfg.namespace, cfg.component, cfg.endpoint, self.instance_id, self.instance_switch
         )
         await engine.on_endpoint_ready(handle)
         ep = self.endpoint_id
-        self._mdc_key = ep.mdc_key(self.instance_id)
-        await self.store.put(
-            self._mdc_key, dkeys.dumps(dkeys.mdc_record(ep, self.instance_id, self.card))
-        )
-        logger.debug("model registered with discovery")
+        await self.registration.publish_card(card)
         # /engine/control|update/<name> on the system port (dynamo_lite/engine_routes.py).
         self.engine_routes = EngineRoutes(self, engine, self.instance_switch)
         if self.system_server is not None:
@@ -507,59 +510,18 @@ class Worker:
         self.endpoint.accepting = True
         assert self.plane is not None and self._tg is not None
         transport = await self.plane.serve(self._tg, ep, self.instance_id, self.endpoint)
-        record = dkeys.instance_record(ep, self.instance_id, transport, self.settings.request_codec)
-        self._instance_key = ep.instance_key(self.instance_id)
-        await self.store.put(self._instance_key, dkeys.dumps(record))
+        await self.registration.publish_instance(transport, self.settings.request_codec)
         # With the canary on, the endpoint is ready once a probe or a request succeeds.
         self.health.set_endpoint(cfg.endpoint, not self.monitor.canary_active)
         self.health.serving = True
         assert self._tg is not None
         await self.monitor.start(self._tg)
-        logger.info("Serving %s on %s", self.card["display_name"], ep)
-
-    async def _self_host(self, files: ModelFiles) -> Callable[[str], str] | None:
-        """Serve the model files from the system server and return their URLs.
-
-        As in stock: on whenever the system server runs, unless
-        ``DYN_SELF_HOST_METADATA=0``. A frontend on another host then needs no
-        access to the model directory. The bytes are read once, here, so what
-        is served always matches the checksums in the card.
-        """
-        server = self.system_server
-        if server is None:
-            logger.debug("no system port: the model card points at local file paths")
-            return None
-        if os.environ.get("DYN_SELF_HOST_METADATA", "1").strip().lower() in ("0", "false"):
-            return None
-        contents = {
-            name: await asyncio.to_thread(path.read_bytes)
-            for name, (path, _checksum, _size) in files.files.items()
-        }
-        cfg = self.config
-        slug = slugify(served_model_name(cfg, self.engine_config))
-        prefix = f"/v1/metadata/{cfg.namespace}/{cfg.component}/{cfg.endpoint}/{slug}/_base/"
-        host = system_url_host(self.settings.system_host)
-        base = f"http://{url_host(host)}:{server.port}{prefix}"
-
-        def serve_file(method: str, path: str) -> Response:
-            body = contents.get(path[len(prefix) :]) if path.startswith(prefix) else None
-            if body is None:
-                return Response(404, b"Not found")
-            return Response(200, body, "application/octet-stream")
-
-        server.route("/v1/metadata/", serve_file, prefix=True)
-        return lambda name: base + name
+        logger.info("Serving %s on %s", card["display_name"], ep)
 
     # --- shutdown --------------------------------------------------------------
     async def _unregister_instance(self) -> None:
-        key, self._instance_key = self._instance_key, None
-        if key is None:
-            return
-        try:
-            await self.store.delete(key)
-            logger.info("Endpoint unregistered from discovery")
-        except DiscoveryError as exc:
-            logger.warning("discovery unregister failed error=%s", exc)
+        if self.registration is not None:
+            await self.registration.withdraw_instance()
 
     async def _shutdown(self) -> int:
         """From the current state on to STOPPED; returns the exit status.
@@ -727,12 +689,8 @@ class Worker:
         if self.plane is not None:
             await self.plane.close()
         await self._unregister_instance()
-        if self._mdc_key is not None and self._store is not None:
-            try:
-                await self._store.delete(self._mdc_key)
-            except DiscoveryError as exc:
-                logger.warning("model card delete failed error=%s", exc)
-            self._mdc_key = None
+        if self.registration is not None:
+            await self.registration.withdraw_card()
         await self._stop_service("discovery keepalive")
         if self._store is not None:
             try:

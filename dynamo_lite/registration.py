@@ -33,10 +33,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .card import ModelFiles, build_card, served_model_name, slugify
-from .config import WorkerConfig, detect_host
+from .config import WorkerConfig
 from .discovery import DiscoveryError, EndpointId, KvStore
 from .discovery import keys as dkeys
 from .engine import EngineConfig
+from .netaddr import system_url_host, url_host
 from .system_server import Response, SystemServer
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,8 @@ async def _serve_model_files(
     }
     slug = slugify(served_model_name(config, engine_config))
     prefix = f"/v1/metadata/{config.namespace}/{config.component}/{config.endpoint}/{slug}/_base/"
-    if host in ("", "0.0.0.0", "::"):
-        host = detect_host()
-    base = f"http://{host}:{server.port}{prefix}"
+    host = system_url_host(host)  # a wildcard bind: the address stock would choose
+    base = f"http://{url_host(host)}:{server.port}{prefix}"
 
     def serve_file(method: str, path: str) -> Response:
         body = contents.get(path[len(prefix) :]) if path.startswith(prefix) else None

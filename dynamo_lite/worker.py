@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 
 from .canary import HealthMonitor, HealthSettings, resolve_payload
-from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig, detect_host
+from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
@@ -42,6 +42,7 @@ from .lifecycle import (
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import WorkerMetrics
+from .netaddr import bind_and_advertise
 from .registration import Registration, build_model_card
 from .signals import Watchdog, captured_signals
 from .system_server import Health, SystemServer
@@ -413,11 +414,13 @@ class Worker:
                 await self._start_service("system server", self.system_server.serve)
             self.endpoint.max_inflight = s.max_inflight
             self.endpoint.write_stall_timeout = s.write_stall_timeout
+            # As stock: bound to, and advertised as, the chosen address.
+            bind, advertised = bind_and_advertise(s.tcp_host, "DYN_TCP_RPC_HOST")
             self.plane = open_plane(
                 plane,
-                host=s.tcp_host,
+                host=bind,
                 port=s.tcp_port,
-                advertise_host=s.tcp_host or detect_host(),
+                advertise_host=advertised,
                 max_message_size=s.max_message_size,
                 ssl_context=server_ssl,
                 ssl_handshake_timeout=tls.handshake_timeout,

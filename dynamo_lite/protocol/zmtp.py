@@ -204,8 +204,8 @@ class ZmtpConnection:
         return encode_message(parts)
 
     def send_subscribe(self, topic: bytes) -> bytes:
-        # 3.0 peers only understand the message form; 3.1 peers accept both,
-        # and libzmq itself still sends the message form to them.
+        # 3.1 peers get the SUBSCRIBE command (what the stock frontend sends),
+        # 3.0 peers the old message form.
         if self.peer_minor >= 1:
             return encode_command(b"SUBSCRIBE", topic)
         return encode_message([b"\x01" + topic])
@@ -271,7 +271,7 @@ class ZmtpConnection:
             size = buf[1]
             head = 2
         if size > self.max_message:
-            raise FrameTooLarge(f"ZMTP frame of {size} bytes exceeds {self.max_message}")
+            raise FrameTooLarge(size, self.max_message)
         if len(buf) < head + size:
             return None
         body = bytes(buf[head : head + size])
@@ -315,15 +315,20 @@ class ZmtpConnection:
         self._parts.append(body)
         self._parts_size += len(body)
         if self._parts_size > self.max_message:
-            raise FrameTooLarge(f"ZMTP message exceeds {self.max_message} bytes")
+            raise FrameTooLarge(self._parts_size, self.max_message)
         if flags & FLAG_MORE:
             return
         parts, self._parts, self._parts_size = self._parts, [], 0
         # A publisher sees its subscribers' old-style subscriptions as
         # one-frame messages starting 01 / 00.
-        if self.socket_type in (b"PUB", b"XPUB") and len(parts) == 1 and parts[0][:1] in (
-            b"\x00",
-            b"\x01",
+        if (
+            self.socket_type in (b"PUB", b"XPUB")
+            and len(parts) == 1
+            and parts[0][:1]
+            in (
+                b"\x00",
+                b"\x01",
+            )
         ):
             topic = parts[0][1:]
             events.append(Subscribe(topic) if parts[0][0] == 1 else Cancel(topic))

@@ -24,8 +24,9 @@ from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfi
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .discovery import keys as dkeys
 from .endpoint import Endpoint
-from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
+from .engine import BaseEngine, EngineConfig, LlmRegistration, RawEngine
 from .errors import InvalidArgument
+from .kv.routing import KvRouting, start_publishing
 from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import WorkerMetrics
@@ -58,27 +59,17 @@ class EndpointHandle:
         return f"{self.namespace}.{self.component}.{self.name}"
 
 
-class _NullKvPublisher:
-    """Stands in for the KV event publisher: dynamo_lite publishes no KV events."""
-
-    def __init__(self) -> None:
-        self.events = 0
-
-    def publish_stored(self, *args: Any, **kwargs: Any) -> None:
-        self.events += 1
-
-    def publish_removed(self, *args: Any, **kwargs: Any) -> None:
-        self.events += 1
-
-
 class _SnapshotPublisher:
     """Receives per-rank snapshots; the latest one per rank is kept for /metrics."""
 
-    def __init__(self, ranks: list[int]) -> None:
+    def __init__(self, ranks: list[int], forward: Callable[[int, Any], None] | None = None) -> None:
         self.latest: dict[int, Any] = {r: None for r in ranks}
+        self._forward = forward
 
     def publish(self, rank: int, snapshot: Any) -> None:
         self.latest[rank] = snapshot
+        if self._forward is not None:
+            self._forward(rank, snapshot)
 
 
 def _as_engine_config(value: Any) -> EngineConfig:
@@ -142,6 +133,8 @@ class Worker:
         self._signals_installed: list[int] = []
         self._instance_key: str | None = None
         self._mdc_key: str | None = None
+        #: KV events, load metrics and the local indexer (:mod:`dynamo_lite.kv`).
+        self.kv = KvRouting()
 
     @property
     def lease_renewals(self) -> int:
@@ -355,18 +348,21 @@ class Worker:
         self._validate_model_input()
         await engine.register_prometheus(self.metrics.engine_metrics())
         ranks = list(engine.component_metrics_dp_ranks())
-        if cfg.enable_kv_routing and hasattr(engine, "kv_event_sources"):
-            for source in await engine.kv_event_sources():
-                if isinstance(source, PushSource):
-                    source.on_ready(_NullKvPublisher())
+        self.kv = await start_publishing(self, ranks)
         if ranks:
-            self.snapshots = _SnapshotPublisher(ranks)
+            self.snapshots = _SnapshotPublisher(ranks, self.kv.on_snapshot)
             engine.attach_snapshot_publisher(self.snapshots)
         model_dir = cfg.model_name or self.engine_config.model
         files = await asyncio.to_thread(
             functools.partial(ModelFiles.scan, model_dir, tokens=not self.endpoint.raw)
         )
-        self.card = build_card(files, cfg, self.engine_config, url_for=await self._self_host(files))
+        self.card = build_card(
+            files,
+            cfg,
+            self.engine_config,
+            url_for=await self._self_host(files),
+            enable_local_indexer=self.kv.enable_local_indexer,
+        )
         logger.debug("local model built")
         handle = EndpointHandle(cfg.namespace, cfg.component, cfg.endpoint, self.instance_id)
         await engine.on_endpoint_ready(handle)
@@ -588,6 +584,7 @@ class Worker:
         if self.nats is not None:
             await self.nats.close()
         await self._unregister_instance()
+        await self.kv.close()
         if self._mdc_key is not None and self._store is not None:
             try:
                 await self._store.delete(self._mdc_key)

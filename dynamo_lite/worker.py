@@ -372,6 +372,7 @@ class Worker:
             self._mdc_key, dkeys.dumps(dkeys.mdc_record(ep, self.instance_id, self.card))
         )
         logger.debug("model registered with discovery")
+        await self.kv.register_recovery()
         engine.supported_controls()
         engine.supported_updates()
         payload = await resolve_payload(engine, cfg)

@@ -82,6 +82,7 @@ class KvRouting:
     _loop: asyncio.AbstractEventLoop | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _last_used: dict[int, int] = field(default_factory=dict)
+    _deferred: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def publishers(self) -> list[KvEventPublisher]:
@@ -100,6 +101,14 @@ class KvRouting:
         payload = kve.kv_metrics_payload(self._worker.instance_id, rank, used)
         with contextlib.suppress(RuntimeError):  # loop closed: the worker is gone
             loop.call_soon_threadsafe(channel.publish, payload)
+
+    async def register_recovery(self) -> None:
+        """Write the query endpoint's instance and the ``event_sources`` record;
+        stock writes them right after the model card."""
+        deferred, self._deferred = self._deferred, []
+        for key, record in deferred:
+            await self._worker.store.put(key, dkeys.dumps(record))
+            self.keys.append(key)
 
     async def close(self) -> None:
         """Stop publishing and remove every record (idempotent)."""
@@ -246,21 +255,23 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
                 qep, instance_id, transport, worker.settings.request_codec
             )
             if local_indexer:
-                await put(qep.instance_key(instance_id), qrecord)
-                await put(
-                    source_key(state_ep, kve.KV_EVENTS, channel.publisher_id),
-                    {
-                        "type": "EventSource",
-                        "scope": scope(state_ep),
-                        "topic": kve.KV_EVENTS,
-                        "publisher_id": channel.publisher_id,
-                        "metadata": {
-                            "kv_state_endpoint": scope(state_ep)["endpoint"],
-                            "worker": {"worker_id": instance_id, "dp_rank": source.dp_rank},
+                routing._deferred.append((qep.instance_key(instance_id), qrecord))
+                routing._deferred.append(
+                    (
+                        source_key(state_ep, kve.KV_EVENTS, channel.publisher_id),
+                        {
+                            "type": "EventSource",
+                            "scope": scope(state_ep),
+                            "topic": kve.KV_EVENTS,
                             "publisher_id": channel.publisher_id,
-                            "recovery_target": qrecord,
+                            "metadata": {
+                                "kv_state_endpoint": scope(state_ep)["endpoint"],
+                                "worker": {"worker_id": instance_id, "dp_rank": source.dp_rank},
+                                "publisher_id": channel.publisher_id,
+                                "recovery_target": qrecord,
+                            },
                         },
-                    },
+                    )
                 )
             source.on_ready(publisher)
         routing.enable_local_indexer = local_indexer and bool(routing.sources)

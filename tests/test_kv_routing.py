@@ -1,0 +1,330 @@
+"""KV-aware routing: the stock frontend in ``--router-mode kv`` places requests on
+dynamo_lite workers by the KV blocks they announce, as it does on stock workers.
+
+Two workers run ``tests/engines/prefix_cache_engine.py`` (announces every full
+16-token block of each prompt, never evicts). Per prompt family, 12 sequential
+requests with the same long prompt; affinity = share of the family's requests
+on its most-used worker. Round-robin gives about 0.5, two stock workers 1.00.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dynamo_lite.discovery import keys as dkeys
+from dynamo_lite.kv.publisher import KvEventPublisher, LocalIndexer
+from dynamo_lite.kv.xxh3 import block_tokens_hash
+from dynamo_lite.protocol import kv_events as kve
+from dynamo_lite.protocol import zmtp
+from dynamo_lite.transport.zmq_plane import ZmqPubServer
+from tests.support.lite import REPO, wait_until
+from tests.support.stock import loopback_env, stock_python
+
+ENGINE = REPO / "tests" / "engines" / "prefix_cache_engine.py"
+FAMILIES = ["apple banana cherry " * 25, "delta echo foxtrot " * 25, "golf hotel india " * 25]
+ROUNDS = 12
+
+
+# --- in-process: publisher → ZMQ PUB → a ZMTP subscriber ----------------------------
+
+
+async def _subscribe(
+    port: int, topic: bytes
+) -> tuple[asyncio.StreamReader, zmtp.ZmtpConnection, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = zmtp.ZmtpConnection(b"SUB")
+    writer.write(conn.start())
+    while not conn.ready:
+        conn.feed(await reader.read(4096))
+        writer.write(conn.data_to_send())
+    writer.write(conn.send_subscribe(topic))
+    await writer.drain()
+    # The writer must stay referenced: collecting it closes the connection.
+    return reader, conn, writer
+
+
+async def _next_messages(
+    reader: asyncio.StreamReader, conn: zmtp.ZmtpConnection, n: int
+) -> list[zmtp.Message]:
+    got: list[zmtp.Message] = []
+    while len(got) < n:
+        data = await asyncio.wait_for(reader.read(65536), 5)
+        assert data, "publisher closed the connection"
+        got += [e for e in conn.feed(data) if isinstance(e, zmtp.Message)]
+    return got
+
+
+@pytest.mark.anyio
+async def test_publisher_from_a_thread_reaches_a_subscriber() -> None:
+    server = ZmqPubServer("127.0.0.1")
+    port = await server.start()
+    indexer = LocalIndexer()
+    from dynamo_lite.kv.channels import EventChannel, ZmqEventTransport
+
+    transport = ZmqEventTransport("127.0.0.1", "127.0.0.1")
+    transport.server = server
+    channel = EventChannel(dkeys.EndpointId("dynamo", "c", "generate"), kve.KV_EVENTS, transport)
+
+    def emit(revs: list[dict[str, Any]]) -> None:
+        for rev in revs:
+            indexer.record(rev)
+        channel.publish(revs)
+
+    pub = KvEventPublisher(
+        worker_id=7, kv_block_size=16, dp_rank=0, emit=emit, loop=asyncio.get_running_loop()
+    )
+    reader, conn, _writer = await _subscribe(port, b"kv-events")
+    while not any(len(s.topics) for s in server.subscribers):
+        await asyncio.sleep(0.01)
+    tokens = list(range(40))
+
+    def engine_thread() -> None:
+        pub.publish_stored(tokens[:32], [16, 16], [-5, 6])
+        pub.publish_removed([6])
+        pub.publish_batch(
+            [
+                {"type": "stored", "token_ids": tokens[:16], "num_block_tokens": [16],
+                 "block_hashes": [9], "parent_hash": -5},
+                {"type": "removed", "block_hashes": [9]},
+            ]
+        )  # fmt: skip
+
+    t = threading.Thread(target=engine_thread)
+    t.start()
+    t.join()
+    msgs = await _next_messages(reader, conn, 3)
+    envs = [kve.decode_zmq_message(m.parts) for m in msgs]
+    assert [e.sequence for e in envs] == [0, 1, 2]
+    batches = [e.value() for e in envs]
+    assert [[r["event"]["event_id"] for r in b] for b in batches] == [[1], [2], [3, 4]]
+    stored = batches[0][0]["event"]["data"]["stored"]
+    assert [b["block_hash"] for b in stored["blocks"]] == [2**64 - 5, 6]
+    assert stored["blocks"][1]["tokens_hash"] == block_tokens_hash(tokens[16:32])
+    assert batches[2][0]["event"]["data"]["stored"]["parent_hash"] == 2**64 - 5
+    # The local indexer answers a restarted frontend and a gap replay.
+    dump = indexer.answer({"start_event_id": None}, 7, 0)
+    assert dump["data"]["TreeDump"]["last_event_id"] == 4
+    assert len(dump["data"]["TreeDump"]["events"]) == 4
+    replay = indexer.answer({"start_event_id": 3}, 7, 0)
+    assert [e["event"]["event_id"] for e in replay["data"]["Events"]["events"]] == [3, 4]
+    with pytest.raises(ValueError):
+        pub.publish_stored(tokens[:20], [16], [1])
+    await server.close()
+
+
+def test_indexer_rebuilds_a_dump_from_live_blocks() -> None:
+    ix = LocalIndexer(max_log=2)
+    for i, data in enumerate(
+        [
+            kve.stored_data([kve.stored_block(1, 11), kve.stored_block(2, 22)]),
+            kve.removed_data([2]),
+            kve.stored_data([kve.stored_block(3, 33)], parent_hash=1),
+        ],
+        start=1,
+    ):
+        ix.record(kve.router_event(5, i, data))
+    events = ix.answer({"start_event_id": None}, 5, 0)["data"]["TreeDump"]["events"]
+    chain = [
+        (e["event"]["data"]["stored"]["parent_hash"], e["event"]["data"]["stored"]["blocks"][0])
+        for e in events
+    ]
+    assert [(p, b["block_hash"]) for p, b in chain] == [(None, 1), (1, 3)]
+
+
+def test_slow_subscribers_lose_messages_instead_of_blocking() -> None:
+    async def main() -> None:
+        server = ZmqPubServer("127.0.0.1", high_water=1024)
+        port = await server.start()
+        reader, _conn, writer = await _subscribe(port, b"")
+        while not any(len(s.topics) for s in server.subscribers):
+            await asyncio.sleep(0.01)
+        # Never read: the kernel buffers fill, then messages are dropped.
+        for _ in range(2000):
+            server.send([b"t", b"x" * 4096])
+        assert server.dropped > 0
+        del reader
+        writer.close()
+        await server.close()
+
+    asyncio.run(main())
+
+
+# --- interop with the stock frontend ---------------------------------------------------
+
+
+def _start_workers(
+    spawn: Any,
+    tiny_model: Path,
+    tmp_path: Path,
+    discovery_env: dict[str, str],
+    extra: list[str],
+    kinds: list[str],
+    procs: list[Any] | None = None,
+) -> list[Path]:
+    logs = []
+    for i, kind in enumerate(kinds):
+        log = tmp_path / f"prefix-{i}.jsonl"
+        logs.append(log)
+        env = loopback_env(
+            PREFIX_ENGINE_LOG=str(log),
+            PYTHONPATH=str(REPO),
+            DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS="0",
+            **discovery_env,
+            **({"PREFIX_ENGINE_STOCK": "1"} if kind == "stock" else {}),
+        )
+        python = str(stock_python()) if kind == "stock" else sys.executable
+        proc = spawn(
+            [python, str(ENGINE), "--model-name", str(tiny_model), *extra],
+            env=env,
+            name=f"prefix-{kind}-{i}",
+        )
+        if procs is not None:
+            procs.append(proc)
+    return logs
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _affinity(base_url: str, model: str, logs: list[Path]) -> list[list[int]]:
+    per_family = []
+    with httpx.Client(timeout=30, trust_env=False) as client:
+        for fam in FAMILIES:
+            before = [_lines(p) for p in logs]
+            for _ in range(ROUNDS):
+                r = client.post(
+                    base_url + "/v1/chat/completions",
+                    json={
+                        "model": model,
+                        "messages": [{"role": "user", "content": fam}],
+                        "max_tokens": 2,
+                    },
+                )
+                r.raise_for_status()
+            wait_until(
+                lambda b=before: sum(_lines(p) for p in logs) - sum(b) >= ROUNDS,
+                what="engine logs",
+            )
+            per_family.append([_lines(p) - b for p, b in zip(logs, before, strict=True)])
+    return per_family
+
+
+def _score(counts: list[list[int]]) -> float:
+    return sum(max(c) / sum(c) for c in counts) / len(counts)
+
+
+def _wait_kv_ready(fe: Any, n: int) -> None:
+    # The router adds a worker once it has the card and the event channels.
+    wait_until(lambda: fe.log_text().count("Adding worker") >= n, timeout=60, what="router workers")
+
+
+@pytest.mark.interop
+def test_kv_router_affinity_file_backend(
+    spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path, stock_frontend: Any
+) -> None:
+    fe = stock_frontend(discovery="file", file_kv=file_kv, extra_args=["--router-mode", "kv"])
+    logs = _start_workers(
+        spawn, tiny_model, tmp_path, {"DYN_FILE_KV": str(file_kv)}, [], ["lite", "lite"]
+    )
+    fe.wait_model(str(tiny_model), timeout=60)
+    _wait_kv_ready(fe, 2)
+    counts = _affinity(fe.base_url, str(tiny_model), logs)
+    assert _score(counts) >= 0.95, counts
+
+
+@pytest.mark.interop
+@pytest.mark.services
+def test_kv_router_affinity_etcd_nats(
+    spawn: Any, tiny_model: Path, etcd: Any, nats: Any, tmp_path: Path, stock_frontend: Any
+) -> None:
+    env = {"ETCD_ENDPOINTS": etcd.endpoint, "NATS_SERVER": nats.url, "DYN_EVENT_PLANE": "nats"}
+    fe = stock_frontend(
+        discovery="etcd",
+        etcd_endpoint=etcd.endpoint,
+        extra_args=["--router-mode", "kv", "--event-plane", "nats"],
+        env={"NATS_SERVER": nats.url, "DYN_EVENT_PLANE": "nats"},
+    )
+    logs = _start_workers(
+        spawn,
+        tiny_model,
+        tmp_path,
+        env,
+        ["--discovery-backend", "etcd", "--event-plane", "nats"],
+        ["lite", "lite"],
+    )
+    fe.wait_model(str(tiny_model), timeout=60)
+    _wait_kv_ready(fe, 2)
+    counts = _affinity(fe.base_url, str(tiny_model), logs)
+    assert _score(counts) >= 0.95, counts
+
+
+def _records(file_kv: Path) -> dict[str, Any]:
+    out = {}
+    for p in (file_kv / "v1").rglob("*"):
+        if p.is_file():
+            out[f"{p.parent.name}/{dkeys.decode_file_name(p.name)}"] = json.loads(p.read_text())
+    return out
+
+
+@pytest.mark.interop
+def test_records_written_and_removed(
+    spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path
+) -> None:
+    procs: list[Any] = []
+    _start_workers(spawn, tiny_model, tmp_path, {"DYN_FILE_KV": str(file_kv)}, [], ["lite"], procs)
+    wait_until(
+        lambda: any(k.startswith("instances/dynamo/prefix/generate/") for k in _records(file_kv)),
+        timeout=30,
+        what="registration",
+    )
+    recs = _records(file_kv)
+    topics = sorted(v["topic"] for k, v in recs.items() if k.startswith("event_channels/"))
+    assert topics == ["active_sequences_events", "kv-events", "kv_metrics"]
+    (source,) = [v for k, v in recs.items() if k.startswith("event_sources/")]
+    kv_channel = next(
+        v for k, v in recs.items() if k.startswith("event_channels/") and v["topic"] == "kv-events"
+    )
+    assert source["publisher_id"] == kv_channel["instance_id"]
+    assert kv_channel["transport"]["kind"] == "Zmq"
+    assert kv_channel["transport"]["config"]["endpoint"].startswith("tcp://127.0.0.1:")
+    query = source["metadata"]["recovery_target"]
+    assert query["endpoint"] == f"worker_kv_query_source_{source['publisher_id']:x}"
+    assert f"instances/dynamo/prefix/{query['endpoint']}/{query['instance_id']:x}" in recs
+    (mdc,) = [v for k, v in recs.items() if k.startswith("mdc/")]
+    assert mdc["card_json"]["runtime_config"]["enable_local_indexer"] is True
+    procs[0].send_signal(signal.SIGTERM)
+    assert procs[0].wait(20) == 0
+    assert _records(file_kv) == {}
+
+
+@pytest.mark.interop
+def test_disable_kv_routing_writes_no_kv_records(
+    spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path
+) -> None:
+    _start_workers(
+        spawn,
+        tiny_model,
+        tmp_path,
+        {"DYN_FILE_KV": str(file_kv)},
+        ["--disable-kv-routing"],
+        ["lite"],
+    )
+    wait_until(
+        lambda: any(k.startswith("instances/") for k in _records(file_kv)),
+        timeout=30,
+        what="registration",
+    )
+    recs = _records(file_kv)
+    assert sorted(k.split("/")[0] for k in recs) == ["instances", "mdc"]
+    (mdc,) = [v for k, v in recs.items() if k.startswith("mdc/")]
+    assert mdc["card_json"]["runtime_config"]["enable_local_indexer"] is False

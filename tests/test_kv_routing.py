@@ -328,3 +328,52 @@ def test_disable_kv_routing_writes_no_kv_records(
     assert sorted(k.split("/")[0] for k in recs) == ["instances", "mdc"]
     (mdc,) = [v for k, v in recs.items() if k.startswith("mdc/")]
     assert mdc["card_json"]["runtime_config"]["enable_local_indexer"] is False
+
+
+@pytest.mark.interop
+def test_kv_router_affinity_mixed_stock_and_lite(
+    spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path, stock_frontend: Any
+) -> None:
+    fe = stock_frontend(discovery="file", file_kv=file_kv, extra_args=["--router-mode", "kv"])
+    logs = _start_workers(
+        spawn, tiny_model, tmp_path, {"DYN_FILE_KV": str(file_kv)}, [], ["stock", "lite"]
+    )
+    fe.wait_model(str(tiny_model), timeout=60)
+    _wait_kv_ready(fe, 2)
+    counts = _affinity(fe.base_url, str(tiny_model), logs)
+    assert _score(counts) >= 0.95, counts
+
+
+@pytest.mark.interop
+def test_restarted_frontend_recovers_cached_prefixes(
+    spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path, stock_frontend: Any
+) -> None:
+    fe = stock_frontend(discovery="file", file_kv=file_kv, extra_args=["--router-mode", "kv"])
+    procs: list[Any] = []
+    logs = _start_workers(
+        spawn, tiny_model, tmp_path, {"DYN_FILE_KV": str(file_kv)}, [], ["lite", "lite"], procs
+    )
+    fe.wait_model(str(tiny_model), timeout=60)
+    _wait_kv_ready(fe, 2)
+    first = _affinity(fe.base_url, str(tiny_model), logs)
+    owners = [c.index(max(c)) for c in first]
+    fe.stop()
+    dumps = [p.log_text().count("KV query answered: TreeDump") for p in procs]
+    # A new frontend knows nothing but what the workers' local indexers tell it.
+    fe2 = stock_frontend(discovery="file", file_kv=file_kv, extra_args=["--router-mode", "kv"])
+    fe2.wait_model(str(tiny_model), timeout=60)
+    _wait_kv_ready(fe2, 2)
+    # Each worker's local indexer was asked for its blocks again.
+    wait_until(
+        lambda: (
+            [p.log_text().count("KV query answered: TreeDump") for p in procs]
+            == [d + 1 for d in dumps]
+        ),
+        timeout=30,
+        what="recovery queries",
+    )
+    again = _affinity(fe2.base_url, str(tiny_model), logs)
+    assert [c[o] for c, o in zip(again, owners, strict=True)] == [ROUNDS] * len(FAMILIES), (
+        first,
+        again,
+    )

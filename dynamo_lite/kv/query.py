@@ -72,6 +72,13 @@ class KvQueryEndpoint:
             return rp.UNAVAILABLE_PREFIX + f"malformed KV query: {exc}"
         # Answer from the state at admission time.
         answer = self.indexer.answer(request, self.worker_id, self.dp_rank)
+        ((kind, value),) = answer["data"].items()
+        logger.info(
+            "KV query answered: %s with %d event(s) up to event %d",
+            kind,
+            len(value["events"]),
+            value["last_event_id"],
+        )
         body = twopart.encode_body_only(wire_codec.encode(codec, answer))
         end = items.COMPLETE_FINAL_FRAME[codec] + control.SENTINEL_FRAME
         task = asyncio.get_running_loop().create_task(

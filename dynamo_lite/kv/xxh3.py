@@ -228,12 +228,25 @@ def _pick() -> tuple[Callable[[bytes, int], int], str]:
     return xxh3_64_pure, "pure"
 
 
-xxh3_64, _IMPL = _pick()
+_impl: tuple[Callable[[bytes, int], int], str] | None = None
+
+
+def _chosen() -> tuple[Callable[[bytes, int], int], str]:
+    # Chosen on first use, so importing this module loads no compiled code.
+    global _impl
+    if _impl is None:
+        _impl = _pick()
+    return _impl
+
+
+def xxh3_64(data: bytes, seed: int = 0) -> int:
+    """XXH3-64 of ``data``: the compiled package when available, else pure Python."""
+    return _chosen()[0](data, seed)
 
 
 def implementation() -> str:
     """``"xxhash"`` (compiled package) or ``"pure"``."""
-    return _IMPL
+    return _chosen()[1]
 
 
 def block_tokens_hash(tokens: Sequence[int]) -> int:

@@ -16,19 +16,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import os
+import queue
+import threading
 from collections.abc import AsyncGenerator
 from typing import Any
 
 from dynamo_lite import (
+    ComponentSnapshot,
     Context,
     DisaggregationMode,
     EngineConfig,
     GenerateChunk,
     GenerateRequest,
+    KvEventSource,
     LLMEngine,
     LlmRegistration,
+    PushSource,
     WorkerConfig,
     run,
 )
@@ -36,6 +42,8 @@ from dynamo_lite import (
 logger = logging.getLogger(__name__)
 
 VOCAB_WRAP = 32000
+BLOCK_SIZE = 16
+TOTAL_BLOCKS = 1000
 
 
 class SampleEngine(LLMEngine):
@@ -47,6 +55,16 @@ class SampleEngine(LLMEngine):
         self.delay = delay
         self.active = 0
         self._started = False
+        self.disaggregation_mode = DisaggregationMode.AGGREGATED
+        # KV routing, as the stock sample: synthetic blocks (hashes from a
+        # counter, token ids 0..n) announced from a publisher thread, load
+        # snapshots on its idle ticks.
+        self._kv_used_blocks = 0
+        self._publish_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
+        self._publish_stop = threading.Event()
+        self._publish_thread: threading.Thread | None = None
+        self._snapshot_publisher: Any = None
+        self._block_hash_counter = itertools.count(1)
 
     @classmethod
     async def from_args(cls, argv: list[str] | None = None) -> tuple[SampleEngine, WorkerConfig]:
@@ -74,6 +92,7 @@ class SampleEngine(LLMEngine):
         args = p.parse_args(argv)
         mode = DisaggregationMode(args.disaggregation_mode)
         engine = cls(args.model_name, args.max_tokens, args.delay)
+        engine.disaggregation_mode = mode
         config = WorkerConfig(
             namespace=args.namespace,
             component=args.component,
@@ -108,6 +127,69 @@ class SampleEngine(LLMEngine):
             ),
         )
 
+    # --- KV routing (synthetic, like the stock sample) ------------------------------
+    async def kv_event_sources(self) -> list[KvEventSource]:
+        if self.disaggregation_mode is DisaggregationMode.ENCODE:
+            return []
+        return [PushSource(on_ready=self._start_publisher_thread, dp_rank=0)]
+
+    def component_metrics_dp_ranks(self) -> list[int]:
+        return [] if self.disaggregation_mode is DisaggregationMode.ENCODE else [0]
+
+    def attach_snapshot_publisher(self, publisher: Any) -> None:
+        self._snapshot_publisher = publisher
+
+    def _start_publisher_thread(self, publisher: Any) -> None:
+        self._publish_thread = threading.Thread(
+            target=self._publish_loop, args=(publisher,), daemon=True, name="sample-kv-publisher"
+        )
+        self._publish_thread.start()
+
+    def _publish_loop(self, publisher: Any) -> None:
+        while not self._publish_stop.is_set():
+            try:
+                kind, payload = self._publish_queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._snapshot_publisher is not None:
+                    self._snapshot_publisher.publish(
+                        0,
+                        ComponentSnapshot(
+                            kv_used_blocks=self._kv_used_blocks,
+                            kv_total_blocks=TOTAL_BLOCKS,
+                            gpu_cache_usage=self._kv_used_blocks / TOTAL_BLOCKS,
+                            dp_rank=0,
+                            kv_cache_hit_rate=None,
+                        ),
+                    )
+                continue
+            try:
+                if kind == "stored":
+                    publisher.publish_stored(**payload)
+                else:
+                    publisher.publish_removed(**payload)
+            except Exception:
+                logger.exception("sample publisher dropped a %s event", kind)
+
+    def _emit_synthetic_events(self, prompt_len: int) -> list[int]:
+        count = max(1, prompt_len // BLOCK_SIZE)
+        hashes = [next(self._block_hash_counter) for _ in range(count)]
+        self._publish_queue.put(
+            (
+                "stored",
+                {
+                    "token_ids": list(range(count * BLOCK_SIZE)),
+                    "num_block_tokens": [BLOCK_SIZE] * count,
+                    "block_hashes": hashes,
+                },
+            )
+        )
+        self._kv_used_blocks += count
+        return hashes
+
+    def _release_synthetic_blocks(self, hashes: list[int]) -> None:
+        self._publish_queue.put(("removed", {"block_hashes": hashes}))
+        self._kv_used_blocks = max(0, self._kv_used_blocks - len(hashes))
+
     async def generate(
         self, request: GenerateRequest, context: Context
     ) -> AsyncGenerator[GenerateChunk, None]:
@@ -123,6 +205,8 @@ class SampleEngine(LLMEngine):
             }
 
         self.active += 1
+        kv = self._publish_thread is not None
+        block_hashes = self._emit_synthetic_events(prompt_len) if kv else []
         try:
             for i in range(max_new):
                 if context.is_stopped():
@@ -143,11 +227,17 @@ class SampleEngine(LLMEngine):
                 yield chunk
         finally:
             self.active -= 1
+            if kv:
+                self._release_synthetic_blocks(block_hashes)
 
     async def abort(self, context: Context) -> None:
         logger.debug("request %s aborted", context.id())
 
     async def cleanup(self) -> None:
+        # The publisher thread must be gone before cleanup returns (PushSource contract).
+        self._publish_stop.set()
+        if self._publish_thread is not None:
+            await asyncio.to_thread(self._publish_thread.join, 1.0)
         logger.info("sample engine stopped")
 
 

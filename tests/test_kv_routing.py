@@ -377,3 +377,65 @@ def test_restarted_frontend_recovers_cached_prefixes(
         first,
         again,
     )
+
+
+@pytest.mark.interop
+def test_sample_engine_publishes_what_the_stock_sample_publishes(
+    spawn: Any, tiny_model: Path, file_kv: Path
+) -> None:
+    """The sample engine's synthetic blocks on the wire, against the captured stock ones."""
+    from dynamo_lite.client import Client
+    from dynamo_lite.config import RuntimeSettings
+    from tests.support.lite import SAMPLE_ENGINE, worker_argv, worker_env
+
+    spawn(
+        worker_argv(tiny_model, script=SAMPLE_ENGINE), env=worker_env(file_kv=file_kv), name="lite"
+    )
+    wait_until(
+        lambda: any(k.startswith("event_sources/") for k in _records(file_kv)),
+        timeout=30,
+        what="KV records",
+    )
+    recs = _records(file_kv)
+    channel = next(
+        v for k, v in recs.items() if k.startswith("event_channels/") and v["topic"] == "kv-events"
+    )
+    port = int(channel["transport"]["config"]["endpoint"].rsplit(":", 1)[1])
+    stock_first = next(
+        kve.decode_envelope(bytes.fromhex(json.loads(line)["hex"])).value()[0]
+        for line in (Path(__file__).parent / "vectors/kv/nats_capture.jsonl")
+        .read_text()
+        .splitlines()
+        if json.loads(line)["subject"].endswith(".kv-events")
+    )
+    stock_blocks = stock_first["event"]["data"]["stored"]["blocks"]
+
+    async def main() -> dict[str, Any]:
+        reader, conn, writer = await _subscribe(port, b"kv-events")
+        settings = RuntimeSettings.from_env({"DYN_FILE_KV": str(file_kv)})
+        async with Client(
+            "dynamo", "sample", "generate", discovery_backend="file", settings=settings
+        ) as client:
+            for _ in range(20):
+                stream = await client.generate(
+                    {"token_ids": list(range(16 * len(stock_blocks))),
+                     "stop_conditions": {"max_tokens": 1}}
+                )  # fmt: skip
+                _ = [item async for item in stream]
+                try:
+                    msgs = await asyncio.wait_for(_next_messages(reader, conn, 1), 2)
+                except TimeoutError:
+                    continue  # the subscription raced the first request
+                writer.close()
+                env = kve.decode_zmq_message(msgs[0].parts)
+                value: dict[str, Any] = env.value()[0]
+                return value
+        raise AssertionError("no KV event arrived")
+
+    rev = asyncio.run(main())
+    assert set(rev) == set(stock_first)
+    assert rev["storage_tier"] == "device" and rev["residency_domain"] == "worker"
+    blocks = rev["event"]["data"]["stored"]["blocks"]
+    assert [b["tokens_hash"] for b in blocks] == [b["tokens_hash"] for b in stock_blocks]
+    hashes = [b["block_hash"] for b in blocks]
+    assert hashes == list(range(hashes[0], hashes[0] + len(stock_blocks)))

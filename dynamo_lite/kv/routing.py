@@ -199,10 +199,8 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
     llm = getattr(worker.engine_config, "llm", None)
     block_size = int(getattr(llm, "kv_cache_block_size", None) or DEFAULT_BLOCK_SIZE)
     mode = cfg.disaggregation_mode
-    local_indexer = bool(cfg.enable_local_indexer) and mode not in (
-        DisaggregationMode.DECODE,
-        DisaggregationMode.ENCODE,
-    )
+    # Stock cards say true for every role but encode (decode included).
+    local_indexer = bool(cfg.enable_local_indexer) and mode is not DisaggregationMode.ENCODE
     loop = asyncio.get_running_loop()
     try:
         for source in sources:

@@ -269,11 +269,24 @@ def test_kv_router_affinity_etcd_nats(
 
 
 def _records(file_kv: Path) -> dict[str, Any]:
+    """The file backend's records; one caught mid-write is read again."""
     out = {}
     for p in (file_kv / "v1").rglob("*"):
-        if p.is_file():
-            out[f"{p.parent.name}/{dkeys.decode_file_name(p.name)}"] = json.loads(p.read_text())
+        if not p.is_file():
+            continue
+        value = wait_until(lambda p=p: _parse(p), timeout=5, what=f"a complete {p.name}")
+        if value != "gone":
+            out[f"{p.parent.name}/{dkeys.decode_file_name(p.name)}"] = value
     return out
+
+
+def _parse(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return "gone"
+    except ValueError:
+        return None
 
 
 @pytest.mark.interop

@@ -371,7 +371,9 @@ class WorkerMetrics(Collector):
         wid = {WID: ep[WID]}
         f.value("dynamo_component_uptime_seconds", wid, time.monotonic() - s.health.started)
         no_ep = {k: v for k, v in ep.items() if k != EP}
-        f.value("dynamo_component_kv_publisher_engines_dropped_events_total", no_ep, 0)
+        kv = getattr(s, "kv", None)
+        dropped = kv.dropped_events() if kv is not None else 0
+        f.value("dynamo_component_kv_publisher_engines_dropped_events_total", no_ep, dropped)
 
     def _lifecycle(self, f: _Families) -> None:
         t = self.source.timings

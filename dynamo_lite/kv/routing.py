@@ -88,6 +88,16 @@ class KvRouting:
     def publishers(self) -> list[KvEventPublisher]:
         return [s.publisher for s in self.sources]
 
+    def dropped_events(self) -> int:
+        """KV events lost to a full queue or a slow event plane (a counter)."""
+        n = sum(s.publisher.dropped for s in self.sources)
+        for src in self.sources:
+            transport: Any = src.channel.transport
+            n += int(getattr(transport, "dropped", 0))
+            server = getattr(transport, "server", None)
+            n += int(getattr(server, "dropped", 0))
+        return n
+
     def on_snapshot(self, rank: int, snapshot: Any) -> None:
         """Called from the engine's thread with each ``ComponentSnapshot``."""
         channel, loop = self.metrics_channel, self._loop

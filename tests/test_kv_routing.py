@@ -452,3 +452,58 @@ def test_sample_engine_publishes_what_the_stock_sample_publishes(
     assert [b["tokens_hash"] for b in blocks] == [b["tokens_hash"] for b in stock_blocks]
     hashes = [b["block_hash"] for b in blocks]
     assert hashes == list(range(hashes[0], hashes[0] + len(stock_blocks)))
+
+
+# --- ZmqSource: relaying an engine's own (vLLM-format) events --------------------------
+
+
+def test_relay_converts_tagged_arrays_and_maps() -> None:
+    from dynamo_lite.kv.relay import apply_batch
+
+    async def main() -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        pub = KvEventPublisher(
+            worker_id=1, kv_block_size=4, dp_rank=0, emit=out.extend,
+            loop=asyncio.get_running_loop(),
+        )  # fmt: skip
+        batch = [
+            1.5,
+            [
+                ["BlockStored", [10, -11], None, list(range(7)), 4, None, "GPU"],
+                {"type": "BlockStored", "block_hashes": [12], "parent_block_hash": -11,
+                 "token_ids": [7, 8, 9, 10], "block_size": 4},
+                ["BlockRemoved", [12], "GPU"],
+                ["AllBlocksCleared"],
+            ],
+            0,
+        ]  # fmt: skip
+        assert apply_batch(pub, batch, 4) == 4
+        with pytest.raises(ValueError):
+            apply_batch(pub, [1.0, [["Nonsense"]]], 4)
+        pub.flush()
+        return out
+
+    revs = asyncio.run(main())
+    datas = [r["event"]["data"] for r in revs]
+    first = datas[0]["stored"]
+    assert [b["block_hash"] for b in first["blocks"]] == [10, 2**64 - 11]
+    assert first["blocks"][1]["tokens_hash"] == block_tokens_hash([4, 5, 6])
+    assert datas[1]["stored"]["parent_hash"] == 2**64 - 11
+    assert datas[2] == {"removed": {"block_hashes": [12]}}
+    assert datas[3] == kve.CLEARED_DATA
+    assert [r["event"]["event_id"] for r in revs] == [1, 2, 3, 4]
+
+
+@pytest.mark.interop
+def test_kv_router_affinity_with_a_relayed_zmq_source(
+    spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path, stock_frontend: Any
+) -> None:
+    fe = stock_frontend(discovery="file", file_kv=file_kv, extra_args=["--router-mode", "kv"])
+    logs = _start_workers(
+        spawn, tiny_model, tmp_path, {"DYN_FILE_KV": str(file_kv)}, ["--zmq-source"],
+        ["lite", "lite"],
+    )  # fmt: skip
+    fe.wait_model(str(tiny_model), timeout=60)
+    _wait_kv_ready(fe, 2)
+    counts = _affinity(fe.base_url, str(tiny_model), logs)
+    assert _score(counts) >= 0.95, counts

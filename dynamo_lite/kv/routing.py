@@ -3,7 +3,8 @@
 :func:`start_publishing` does what the stock worker does between
 ``component_metrics_dp_ranks()`` and the model card: asks the engine for its
 KV event sources, builds a :class:`~dynamo_lite.kv.publisher.KvEventPublisher`
-per ``PushSource`` and hands it over through ``on_ready``, opens the event
+per ``PushSource`` and hands it over through ``on_ready`` (or, for a
+``ZmqSource``, relays the engine's own ZMQ events into it), opens the event
 plane (ZMQ PUB sockets by default, NATS with ``--event-plane nats`` /
 ``DYN_EVENT_PLANE=nats``), serves ``worker_kv_query_source_{id:x}`` for the
 frontend's recovery queries and writes the discovery records the frontend
@@ -42,6 +43,7 @@ from .channels import (
 )
 from .publisher import KvEventPublisher, LocalIndexer
 from .query import KvQueryEndpoint, query_endpoint_name
+from .relay import ZmqRelay
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class _Source:
     query: KvQueryEndpoint
     query_path: str | None = None
     nats_subject: str | None = None
+    relay: ZmqRelay | None = None
 
 
 @dataclass
@@ -127,6 +130,8 @@ class KvRouting:
         self.enabled = False
         worker = self._worker
         for src in self.sources:
+            if src.relay is not None:
+                await src.relay.close()
             src.publisher.shutdown()
             src.publisher.flush()
         for key in reversed(self.keys):
@@ -214,13 +219,7 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
     loop = asyncio.get_running_loop()
     try:
         for source in sources:
-            if isinstance(source, ZmqSource):
-                logger.warning(
-                    "ZmqSource %s is not relayed yet; its KV events do not reach the router",
-                    source.endpoint,
-                )
-                continue
-            if not isinstance(source, PushSource):
+            if not isinstance(source, (PushSource, ZmqSource)):
                 continue
             channel = await new_channel(kve.KV_EVENTS)
             indexer = LocalIndexer()
@@ -281,7 +280,11 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
                         },
                     )
                 )
-            source.on_ready(publisher)
+            if isinstance(source, PushSource):
+                source.on_ready(publisher)
+            else:
+                src.relay = ZmqRelay(source.endpoint, source.topic, publisher, block_size)
+                src.relay.start()
         routing.enable_local_indexer = local_indexer and bool(routing.sources)
         routing.metrics_channel = await new_channel(kve.KV_METRICS)
         await put(routing.metrics_channel.key, routing.metrics_channel.record())

@@ -6,6 +6,9 @@ dynamo_lite; with ``PREFIX_ENGINE_STOCK=1`` (in the stock venv) on the stock
 prompt with ``publish_stored`` (the prompt's real token ids, chained block
 hashes, ``parent_hash`` = the last block it already held) from its own
 publisher thread, never evicts, and pushes a load snapshot after each request.
+With ``--zmq-source`` (dynamo_lite only) the engine instead binds its own ZMQ
+PUB socket, sends vLLM-format event batches on it and declares a
+``ZmqSource``, so the worker relays them.
 A test tells the workers apart by their ``PREFIX_ENGINE_LOG`` files: one JSON
 line per request (prompt length, blocks already held).
 """
@@ -19,6 +22,7 @@ import json
 import os
 import queue
 import threading
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -51,8 +55,11 @@ def _chain(parent: int, tokens: list[int]) -> int:
 
 
 class PrefixCacheEngine(LLMEngine):  # type: ignore[misc]
-    def __init__(self, model: str, log_path: str | None) -> None:
+    def __init__(self, model: str, log_path: str | None, zmq_source: bool = False) -> None:
         self.model = model
+        self.zmq_source = zmq_source
+        self._pub: Any = None
+        self._seq = 0
         self.log_path = log_path
         self.held: set[int] = set()
         self.worker_id = 0
@@ -70,6 +77,7 @@ class PrefixCacheEngine(LLMEngine):  # type: ignore[misc]
         p.add_argument("--discovery-backend", default="file")
         p.add_argument("--event-plane", default=None)
         p.add_argument("--disable-kv-routing", action="store_true")
+        p.add_argument("--zmq-source", action="store_true")
         args = p.parse_args(argv)
         cfg = WorkerConfig(
             namespace=args.namespace,
@@ -81,10 +89,16 @@ class PrefixCacheEngine(LLMEngine):  # type: ignore[misc]
             event_plane=args.event_plane,
             enable_kv_routing=not args.disable_kv_routing,
         )
-        return cls(args.model_name, os.environ.get("PREFIX_ENGINE_LOG")), cfg
+        engine = cls(args.model_name, os.environ.get("PREFIX_ENGINE_LOG"), args.zmq_source)
+        return engine, cfg
 
     async def start(self, worker_id: int) -> Any:
         self.worker_id = worker_id
+        if self.zmq_source:
+            from dynamo_lite.transport.zmq_plane import ZmqPubServer
+
+            self._pub = ZmqPubServer("127.0.0.1")
+            await self._pub.start()
         return EngineConfig(
             model=self.model,
             served_model_name=self.model,
@@ -98,6 +112,10 @@ class PrefixCacheEngine(LLMEngine):  # type: ignore[misc]
         )
 
     async def kv_event_sources(self) -> list[Any]:
+        if self._pub is not None:
+            from dynamo_lite import ZmqSource
+
+            return [ZmqSource(endpoint=f"tcp://127.0.0.1:{self._pub.port}", topic="", dp_rank=0)]
         return [PushSource(on_ready=self._on_ready, dp_rank=0)]
 
     def component_metrics_dp_ranks(self) -> list[int]:
@@ -145,7 +163,23 @@ class PrefixCacheEngine(LLMEngine):  # type: ignore[misc]
             new = hashes[first_new:]
             self.held.update(new)
             used = len(self.held)
-        if new:
+        if new and self._pub is not None:
+            import msgpack
+
+            event = [
+                "BlockStored",
+                new,
+                hashes[first_new - 1] if first_new else None,
+                tokens[first_new * BLOCK : len(hashes) * BLOCK],
+                BLOCK,
+                None,
+                "GPU",
+            ]
+            self._pub.send(
+                [b"", self._seq.to_bytes(8, "big"), msgpack.packb([time.time(), [event], 0])]
+            )
+            self._seq += 1
+        elif new:
             self._queue.put(
                 (
                     "stored",
@@ -157,7 +191,8 @@ class PrefixCacheEngine(LLMEngine):  # type: ignore[misc]
                     },
                 )
             )
-        self._queue.put(("snapshot", used))
+        if self._thread is not None:
+            self._queue.put(("snapshot", used))
         return first_new
 
     async def generate(
@@ -177,6 +212,8 @@ class PrefixCacheEngine(LLMEngine):  # type: ignore[misc]
             yield out
 
     async def cleanup(self) -> None:
+        if self._pub is not None:
+            await self._pub.close()
         self._queue.put(("stop", None))
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 2.0)

@@ -358,13 +358,31 @@ def test_kv_router_affinity_mixed_stock_and_lite(
 
 
 @pytest.mark.interop
+@pytest.mark.parametrize("plane", ["tcp", "nats"])
 def test_restarted_frontend_recovers_cached_prefixes(
-    spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path, stock_frontend: Any
+    plane: str,
+    spawn: Any,
+    tiny_model: Path,
+    file_kv: Path,
+    tmp_path: Path,
+    stock_frontend: Any,
+    request: pytest.FixtureRequest,
 ) -> None:
-    fe = stock_frontend(discovery="file", file_kv=file_kv, extra_args=["--router-mode", "kv"])
+    """Recovery through the local indexers, over either request plane."""
+    env: dict[str, str] = {}
+    if plane == "nats":
+        env = {"NATS_SERVER": request.getfixturevalue("nats").url}
+    fe_args = ["--router-mode", "kv", "--request-plane", plane]
+    fe = stock_frontend(discovery="file", file_kv=file_kv, extra_args=fe_args, env=env)
     procs: list[Any] = []
     logs = _start_workers(
-        spawn, tiny_model, tmp_path, {"DYN_FILE_KV": str(file_kv)}, [], ["lite", "lite"], procs
+        spawn,
+        tiny_model,
+        tmp_path,
+        {"DYN_FILE_KV": str(file_kv), **env},
+        ["--request-plane", plane],
+        ["lite", "lite"],
+        procs,
     )
     fe.wait_model(str(tiny_model), timeout=60)
     _wait_kv_ready(fe, 2)
@@ -373,7 +391,7 @@ def test_restarted_frontend_recovers_cached_prefixes(
     fe.stop()
     dumps = [p.log_text().count("KV query answered: TreeDump") for p in procs]
     # A new frontend knows nothing but what the workers' local indexers tell it.
-    fe2 = stock_frontend(discovery="file", file_kv=file_kv, extra_args=["--router-mode", "kv"])
+    fe2 = stock_frontend(discovery="file", file_kv=file_kv, extra_args=fe_args, env=env)
     fe2.wait_model(str(tiny_model), timeout=60)
     _wait_kv_ready(fe2, 2)
     # Each worker's local indexer was asked for its blocks again.

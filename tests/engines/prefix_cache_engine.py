@@ -76,6 +76,7 @@ class PrefixCacheEngine(LLMEngine):  # type: ignore[misc]
         p.add_argument("--component", default="prefix")
         p.add_argument("--discovery-backend", default="file")
         p.add_argument("--event-plane", default=None)
+        p.add_argument("--request-plane", default="tcp")
         p.add_argument("--disable-kv-routing", action="store_true")
         p.add_argument("--zmq-source", action="store_true")
         args = p.parse_args(argv)
@@ -87,6 +88,7 @@ class PrefixCacheEngine(LLMEngine):  # type: ignore[misc]
             served_model_name=args.model_name,
             discovery_backend=args.discovery_backend,
             event_plane=args.event_plane,
+            request_plane=args.request_plane,
             enable_kv_routing=not args.disable_kv_routing,
         )
         engine = cls(args.model_name, os.environ.get("PREFIX_ENGINE_LOG"), args.zmq_source)

@@ -349,7 +349,8 @@ class Worker:
         await engine.register_prometheus(self.metrics.engine_metrics())
         ranks = list(engine.component_metrics_dp_ranks())
         self.kv = await start_publishing(self, ranks)
-        if ranks:
+        # As stock: with KV routing off there is no snapshot publisher either.
+        if ranks and cfg.enable_kv_routing:
             self.snapshots = _SnapshotPublisher(ranks, self.kv.on_snapshot)
             engine.attach_snapshot_publisher(self.snapshots)
         model_dir = cfg.model_name or self.engine_config.model

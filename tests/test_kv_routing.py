@@ -525,3 +525,32 @@ def test_kv_router_affinity_with_a_relayed_zmq_source(
     _wait_kv_ready(fe, 2)
     counts = _affinity(fe.base_url, str(tiny_model), logs)
     assert _score(counts) >= 0.95, counts
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+def test_disable_kv_routing_skips_the_kv_hooks(
+    disabled: bool, spawn: Any, tiny_model: Path, file_kv: Path, tmp_path: Path
+) -> None:
+    """As stock: no ``kv_event_sources()`` and no snapshot publisher when disabled."""
+    from tests.support.lite import read_events, worker_argv, worker_env
+
+    events = tmp_path / "events.jsonl"
+    proc = spawn(
+        worker_argv(
+            tiny_model,
+            script=REPO / "tests" / "engines" / "lifecycle_engine.py",
+            extra=["--disable-kv-routing"] if disabled else [],
+        ),
+        env=worker_env(file_kv=file_kv, events=events, PROBE_DP_RANKS="1"),
+        name="lifecycle",
+    )
+    wait_until(
+        lambda: any(e["event"] == "health_check_payload" for e in read_events(events)),
+        timeout=30,
+        what="registration",
+    )
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    names = {e["event"] for e in read_events(events)}
+    kv_hooks = {"kv_event_sources", "push_source_on_ready", "attach_snapshot_publisher"}
+    assert (names & kv_hooks) == (set() if disabled else kv_hooks)

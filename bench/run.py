@@ -929,6 +929,11 @@ def settings(argv: list[str] | None) -> Settings:
         "msgpack, no uvloop), 'uvloop' (uvloop borrowed from the stock venv), "
         "or 'none'",
     )
+    p.add_argument(
+        "--baseline",
+        help="also run dynamo_lite as of this git revision (flavour 'lite-base', same "
+        "engine script), so that before/after figures come from one alternating run",
+    )
     p.add_argument("--workdir", help="keep models, logs and discovery files here")
     p.add_argument("--json", help="write the raw results here (default bench/results/)")
     a = p.parse_args(argv)
@@ -990,7 +995,27 @@ def settings(argv: list[str] | None) -> Settings:
             )
         else:
             log("uvloop variant skipped: no uvloop for the lite interpreter's Python version")
+    if a.baseline:
+        s.variants.append(
+            Kind(
+                "lite-base",
+                "litebase",
+                s.lite_python,
+                env=(("PYTHONPATH", _export(s, a.baseline)),),
+            )
+        )
     return s
+
+
+def _export(s: Settings, rev: str) -> str:
+    """The ``dynamo_lite`` package as of ``rev``, unpacked into the workdir."""
+    target = s.workdir / f"baseline-{rev}"
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "dynamo_lite"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return str(target)
 
 
 def _uvloop_site(s: Settings) -> Path | None:

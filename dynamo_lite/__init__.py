@@ -5,8 +5,10 @@ stock Dynamo 1.6.1 frontend discovers, routes to, streams from and cancels
 the resulting worker exactly as it does a stock one.
 """
 
+from . import telemetry
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
 from .context import Context
+from .embedding import ShutDownBeforeServing, serve
 from .engine import (
     BaseEngine,
     ComponentSnapshot,
@@ -35,12 +37,21 @@ from .errors import (
     StreamIncomplete,
     Unknown,
 )
+from .lifecycle import (
+    BadTlsSettings,
+    DiscoveryUnreachable,
+    EngineStartFailed,
+    SetupFailed,
+    StartupError,
+    UnknownRequestPlane,
+)
 from .run import run
 from .worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BadTlsSettings",
     "BaseEngine",
     "Cancelled",
     "CannotConnect",
@@ -50,9 +61,11 @@ __all__ = [
     "DiffusionEngine",
     "DisaggregationMode",
     "Disconnected",
+    "DiscoveryUnreachable",
     "DynamoException",
     "EngineConfig",
     "EngineShutdown",
+    "EngineStartFailed",
     "GenerateChunk",
     "GenerateRequest",
     "HttpError",
@@ -66,10 +79,16 @@ __all__ = [
     "RawRequest",
     "RawResponseChunk",
     "RuntimeSettings",
+    "SetupFailed",
+    "ShutDownBeforeServing",
+    "StartupError",
     "StreamIncomplete",
     "Unknown",
+    "UnknownRequestPlane",
     "Worker",
     "WorkerConfig",
     "ZmqSource",
     "run",
+    "serve",
+    "telemetry",
 ]

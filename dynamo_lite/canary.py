@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-Both run as tasks owned by :class:`HealthMonitor`, which the worker starts
-once its endpoint is registered and stops (cancelled and awaited, bounded)
-when shutdown begins. Neither touches the request path: they wake on a
+Both run as services in the worker's task group, started by
+:class:`HealthMonitor` once the endpoint is registered and stopped (cancelled
+and awaited, bounded) when shutdown begins. Neither touches the request path: they wake on a
 short tick and read counters the endpoint keeps anyway.
 
 Canary — on when ``DYN_HEALTH_CHECK_ENABLED`` is true and a payload exists
@@ -45,17 +45,21 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
 
 from .context import Context
 from .errors import WireError, classify
 from .health_check import load_health_check_from_env, stamp_marker
+from .stats import EndpointStats, RequestProgress
 from .stream import StreamValidator
-from .tasks import TaskSet
+from .tasks import Service, start_service
 
 if TYPE_CHECKING:
+    import anyio.abc
+
     from .config import WorkerConfig
-    from .endpoint import Endpoint
     from .engine import BaseEngine
     from .system_server import Health
 
@@ -187,13 +191,26 @@ def probe_request(payload: Mapping[str, Any], *, raw: bool = False) -> dict[str,
     return request
 
 
+class MonitoredEndpoint(Protocol):
+    """What the monitor reads of the endpoint (the endpoint satisfies it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def raw(self) -> bool: ...
+    @property
+    def stats(self) -> EndpointStats: ...
+    @property
+    def requests(self) -> Mapping[str, RequestProgress]: ...
+
+
 class HealthMonitor:
     """The canary and the stall detector for one endpoint; see the module docstring."""
 
     def __init__(
         self,
         engine: BaseEngine,
-        endpoint: Endpoint,
+        endpoint: MonitoredEndpoint,
         health: Health,
         settings: HealthSettings,
         payload: Mapping[str, Any] | None,
@@ -208,15 +225,14 @@ class HealthMonitor:
         self.probes = {"ok": 0, "error": 0, "empty": 0, "timeout": 0}
         #: In-flight requests currently considered stalled.
         self.stalled = 0
-        self._tasks = TaskSet("health monitor")
-        self._stop: asyncio.Event | None = None
+        self._services: list[Service] = []
 
     @property
     def canary_active(self) -> bool:
         return self.settings.enabled and self.payload is not None
 
-    def start(self) -> None:
-        self._stop = asyncio.Event()
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the canary and the stall detector (each if enabled) in ``tg``."""
         if self.canary_active:
             logger.info(
                 "canary health check on for %s (idle %gs, timeout %gs)",
@@ -224,29 +240,28 @@ class HealthMonitor:
                 self.settings.wait,
                 self.settings.timeout,
             )
-            self._tasks.spawn(self._canary(), name=f"canary-{self.name}")
+            self._services.append(await start_service(tg, self._canary, name="canary"))
         if self.settings.stall_timeout:
-            self._tasks.spawn(self._stalls(self.settings.stall_timeout), name="stall-detector")
+            self._services.append(
+                await start_service(
+                    tg, self._stalls, self.settings.stall_timeout, name="stall detector"
+                )
+            )
 
     async def stop(self) -> None:
         """Stop both loops (an in-flight probe is cancelled and its generator closed)."""
-        if self._stop is not None:
-            self._stop.set()
-        if not await self._tasks.join(0.1):
-            await self._tasks.cancel(CLOSE_BOUND * 2)
+        services, self._services = self._services, []
+        for service in services:
+            await service.stop(CLOSE_BOUND * 2)
 
     async def _sleep(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True when the monitor is stopping."""
-        assert self._stop is not None
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stop.wait()
-        except TimeoutError:
-            pass
-        return self._stop.is_set() or self.health.shutting_down
+        """Sleep ``seconds``; True when the worker is shutting down."""
+        await anyio.sleep(seconds)
+        return self.health.shutting_down
 
     # --- canary ------------------------------------------------------------------
-    async def _canary(self) -> None:
+    async def _canary(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
         stats = self.endpoint.stats
         wait = self.settings.wait
         tick = min(0.25, max(wait / 4, 0.01))
@@ -335,7 +350,8 @@ class HealthMonitor:
         return True
 
     # --- stall detector --------------------------------------------------------------
-    async def _stalls(self, bound: float) -> None:
+    async def _stalls(self, bound: float, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
         tick = min(1.0, max(bound / 4, 0.01))
         progress: dict[str, tuple[int, float]] = {}
         while not await self._sleep(tick):
@@ -343,12 +359,9 @@ class HealthMonitor:
             current: dict[str, tuple[int, float]] = {}
             stalled: list[str] = []
             for rid, req in list(self.endpoint.requests.items()):
-                if req.signal is not None or req.cut_reason is not None:
+                if req.cancelled or req.terminal:
                     continue
-                validator = req.validator
-                if validator is not None and validator.terminal:
-                    continue
-                count = -1 if validator is None else validator.chunks
+                count = req.chunks
                 seen = progress.get(rid)
                 since = seen[1] if seen is not None and seen[0] == count else now
                 current[rid] = (count, since)
@@ -371,8 +384,9 @@ class HealthMonitor:
 
 
 async def _close(agen: AsyncGenerator[Any, None]) -> None:
-    try:
-        async with asyncio.timeout(CLOSE_BOUND):
+    # Shielded: a probe cancelled by stop() must still close its generator.
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_BOUND):
+        try:
             await agen.aclose()
-    except (TimeoutError, Exception) as exc:
-        logger.debug("closing a health-check generator failed: %r", exc)
+        except Exception as exc:
+            logger.debug("closing a health-check generator failed: %r", exc)

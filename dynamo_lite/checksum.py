@@ -25,8 +25,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
-from . import _pyblake3
-
 __all__ = ["blake3_hex", "clear_cache", "file_checksum", "implementation"]
 
 PURE_ENV = "DYN_LITE_PURE_BLAKE3"
@@ -89,6 +87,9 @@ def implementation() -> str:
 def _new_hasher() -> _Hasher:
     native = None if _forced_pure() else _native()
     if native is None:
+        # Imported when first needed: the checksum cache usually spares it.
+        from . import _pyblake3
+
         return _pyblake3.Hasher()
     hasher: _Hasher = native.blake3()
     return hasher

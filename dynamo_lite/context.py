@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .telemetry import SpanProxy
 
 
 class ContextMetadata(MutableMapping[str, str]):
@@ -56,6 +60,7 @@ class Context:
 
     __slots__ = (
         "_callbacks",
+        "_ended",
         "_id",
         "_killed",
         "_killed_event",
@@ -81,6 +86,7 @@ class Context:
         self._stopped_event: asyncio.Event | None = None
         self._killed_event: asyncio.Event | None = None
         self._callbacks: list[Callable[[Context], None]] | None = None
+        self._ended = False
         self._trace_headers = {k: v for k, v in (trace_headers or {}).items() if k in _TRACE_KEYS}
 
     # --- identity -------------------------------------------------------
@@ -108,6 +114,23 @@ class Context:
     def span_id(self) -> str | None:
         parts = self._trace_headers.get("traceparent", "").split("-")
         return parts[2] if len(parts) == 4 else None
+
+    @property
+    def parent_span_id(self) -> str | None:
+        """The span the request arrived under (the caller's, from ``traceparent``)."""
+        return self.span_id
+
+    def current_span(self) -> SpanProxy:
+        """The ``engine.generate`` span (see :mod:`dynamo_lite.telemetry`); a no-op without one."""
+        from . import telemetry
+
+        return telemetry.current_span(self)
+
+    def start_span(self, name: str, attrs: dict[str, Any] | None = None) -> SpanProxy:
+        """A child span under ``engine.generate``, for use as a context manager."""
+        from . import telemetry
+
+        return telemetry.start_span(self, name, **(attrs or {}))
 
     def detached(self, id: str) -> Context:
         """A fresh, un-cancelled context with a new id and the same metadata."""
@@ -156,20 +179,28 @@ class Context:
         await self._killed_event.wait()
 
     def async_killed_or_stopped(self) -> asyncio.Future[bool]:
-        """``dynamo._core`` spelling: a future resolving to True once stopped."""
+        """``dynamo._core`` spelling: a future that resolves to True once the
+        context is stopped (or killed), and to False when the request ended
+        without that. A plain future, no task: nothing is left behind."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._stopped or self._ended:
+            fut.set_result(self._stopped)
+            return fut
 
-        async def _wait() -> bool:
-            await self.stopped()
-            return True
+        def resolve(ctx: Context) -> None:
+            if not fut.done():
+                fut.set_result(ctx._stopped)
 
-        return asyncio.ensure_future(_wait())
+        self.add_done_callback(resolve)
+        return fut
 
     def notify_first_token(self) -> None:
         """Accepted for compatibility; dynamo_lite observes first tokens itself."""
 
     def add_done_callback(self, callback: Callable[[Context], None]) -> None:
-        """Call ``callback(ctx)`` once when the context stops (framework use)."""
-        if self._stopped:
+        """Call ``callback(ctx)`` once, when the context stops or its request
+        ends, whichever comes first (framework use)."""
+        if self._stopped or self._ended:
             callback(self)
             return
         if self._callbacks is None:
@@ -180,6 +211,13 @@ class Context:
         callbacks, self._callbacks = self._callbacks, None
         for cb in callbacks or ():
             cb(self)
+
+    def _end(self) -> None:
+        """The request is over: release whatever still waits on this context."""
+        if not self._ended:
+            self._ended = True
+            if self._callbacks is not None:
+                self._fire()
 
     def __repr__(self) -> str:
         state = "killed" if self._killed else "stopped" if self._stopped else "live"

@@ -96,7 +96,7 @@ def require_prefill_result(request: GenerateRequest, mode: DisaggregationMode) -
     result = extract_prefill_result(request)
     if result is None:
         raise ValueError(
-            f"a {mode.value} worker got a request without prefill_result: it did not come "
+            f"{mode.value} worker received request with no prefill_result: it did not come "
             "through the frontend's prefill router, so there is no prefilled KV cache to "
             "resume from"
         )
@@ -120,10 +120,12 @@ def extract_multimodal_kwargs(request: GenerateRequest) -> dict[str, Any] | None
     return kwargs or None
 
 
-def _object_only(value: Any) -> str:
+def _object_only(value: Any, expected: str) -> str:
+    # The stock wording ("must be a JSON object" / "must be a dict"), which
+    # operators and the stock tests match on.
     return (
-        f"encoder_result must be a JSON object (dict), not "
-        f"{type(value).__name__} ({value!r}); its wire shape is always an object"
+        f"encoder_result must be {expected}; got {type(value).__name__} ({value!r}): "
+        "its wire shape is always an object"
     )
 
 
@@ -136,11 +138,11 @@ def require_encoder_result(request: GenerateRequest, mode: DisaggregationMode) -
     result: Any = request.get("encoder_result")
     if result is None:
         raise ValueError(
-            f"a {mode.value} worker got a request without encoder_result: the frontend "
+            f"{mode.value} worker received request with no encoder_result: the frontend "
             "did not route it through an Encode worker"
         )
     if not isinstance(result, dict):
-        raise ValueError(_object_only(result))
+        raise ValueError(_object_only(result, "a JSON object (dict)"))
     return result
 
 
@@ -154,7 +156,7 @@ def encoder_terminal_chunk(
     Raises ``TypeError`` when ``encoder_result`` is not a dict.
     """
     if not isinstance(encoder_result, dict):
-        raise TypeError(_object_only(encoder_result))
+        raise TypeError(_object_only(encoder_result, "a dict"))
     chunk: GenerateChunk = {
         "token_ids": [],
         "index": 0,

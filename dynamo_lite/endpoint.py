@@ -16,6 +16,13 @@ Per request (theory of operation)::
          nothing more written, the generator closed at its next yield (or
          cancelled if it does not yield within KILL_GRACE)
 
+The kill grace is a cancel scope around the pump, ``asyncio.timeout(None)``
+rescheduled to ``now + KILL_GRACE`` by the cancellation: the stdlib's scope,
+because engine code is plain asyncio and expects one, edge-triggered
+CancelledError (anyio's scopes re-deliver it), and because it is cheaper on
+this per-request path. Request and abort tasks live in task sets (:class:`TaskSet`)
+owned by the endpoint; the worker joins and cancels them in teardown.
+
 Shutdown uses :meth:`Endpoint.cut`: streams still open end with an explicit
 error item (never a bare end) before their tasks are cancelled.
 """
@@ -28,24 +35,18 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import telemetry
 from .context import Context
 from .engine import BaseEngine
 from .errors import EngineShutdown, InvalidArgument, WireError, classify
-from .metrics import (
-    Histogram,
-    first_response_histogram,
-    network_transit_histogram,
-    request_duration_histogram,
-)
 from .protocol import codec as wire_codec
 from .protocol import control, items, twopart
 from .protocol import request_plane as rp
 from .protocol.codec import Codec
 from .protocol.errors import ProtocolError
+from .stats import EndpointStats
 from .stream import RawStreamValidator, StreamValidator
 from .tasks import TaskSet
 from .transport.response_stream import ResponseStream, open_stream
@@ -67,27 +68,6 @@ def _closing_frames(codec: Codec, error: WireError | None) -> bytes:
     return end if error is None else items.error_frame(codec, error.to_wire()) + end
 
 
-@dataclass
-class EndpointStats:
-    requests: int = 0
-    inflight: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    aborts: int = 0
-    errors: int = 0
-    cut: int = 0
-    rejected: int = 0
-    dropped_chunks: int = 0
-    request_bytes: int = 0
-    response_bytes: int = 0
-    #: Refused with "Server overloaded" (a subset of ``rejected``).
-    overloaded: int = 0
-    #: Per-request histograms, rendered at scrape time by :mod:`dynamo_lite.metrics`.
-    duration: Histogram = field(default_factory=request_duration_histogram)
-    transit: Histogram = field(default_factory=network_transit_histogram)
-    first_response: Histogram = field(default_factory=first_response_histogram)
-
-
 class _Request:
     """Book-keeping for one in-flight request."""
 
@@ -96,8 +76,7 @@ class _Request:
         "codec",
         "ctx",
         "cut_reason",
-        "kill_cancelled",
-        "kill_handle",
+        "grace",
         "signal",
         "stream",
         "task",
@@ -110,12 +89,25 @@ class _Request:
         self.stream: ResponseStream | None = None
         self.signal: str | None = None
         self.abort_task: asyncio.Task[None] | None = None
-        self.kill_handle: asyncio.TimerHandle | None = None
-        self.kill_cancelled = False
+        #: The kill-grace scope around the pump (see the module docstring).
+        self.grace: asyncio.Timeout | None = None
         self.cut_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
         #: Set when the engine's stream starts; its chunk count is what the stall detector reads.
         self.validator: StreamValidator | None = None
+
+    # --- RequestProgress (what the stall detector reads) ----------------------
+    @property
+    def cancelled(self) -> bool:
+        return self.signal is not None or self.cut_reason is not None
+
+    @property
+    def terminal(self) -> bool:
+        return self.validator is not None and self.validator.terminal
+
+    @property
+    def chunks(self) -> int:
+        return -1 if self.validator is None else self.validator.chunks
 
 
 class Endpoint:
@@ -205,17 +197,9 @@ class Endpoint:
         logger.debug("request cancellation received request_id=%s signal=%s", req.ctx.id(), signal)
         req.ctx.kill()
         req.abort_task = self._aborts.spawn(self._abort(req.ctx), name=f"abort-{req.ctx.id()}")
-        task = req.task
-        if task is not None and not task.done():
-            req.kill_handle = asyncio.get_running_loop().call_later(
-                KILL_GRACE, self._cancel_after_kill, req
-            )
-
-    def _cancel_after_kill(self, req: _Request) -> None:
-        task = req.task
-        if task is not None and not task.done():
-            req.kill_cancelled = True
-            task.cancel()
+        grace = req.grace
+        if grace is not None and not grace.expired():
+            grace.reschedule(asyncio.get_running_loop().time() + KILL_GRACE)
 
     async def _abort(self, ctx: Context) -> None:
         self.stats.aborts += 1
@@ -241,18 +225,21 @@ class Endpoint:
                 logger.warning("cannot call home to %s:%d: %s", *address, exc)
                 return
             self.stats.first_response.observe(time.monotonic() - started)
+            grace = req.grace = asyncio.timeout(None)
             try:
-                await self._pump(req, body)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not req.kill_cancelled or task is None or task.uncancel() > 0:
+                async with grace:
+                    await self._pump(req, body)
+            except TimeoutError:
+                if not grace.expired():
                     raise
+                # Killed, and the engine did not reach its next yield in time.
+            finally:
+                req.grace = None
             await req.stream.wait_closed(CLOSE_WAIT if req.signal is None else 0)
         finally:
-            if req.kill_handle is not None:
-                req.kill_handle.cancel()
             if req.stream is not None:
                 req.stream.close()
+            req.ctx._end()
             self.requests.pop(req.ctx.id(), None)
             self.stats.inflight -= 1
             self.stats.duration.observe(time.monotonic() - started)

@@ -17,10 +17,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any, Required, TypedDict
 
 from .context import Context
+from .logits import (
+    ForcedTokenSequenceSpec,
+    LogitsProcessorEntry,
+    LogitsProcessorSpec,
+    PythonProcessorSpec,
+    deserialize_logits_processor_entries,
+    is_generation_stage,
+    logits_processors_for_request,
+    serialize_logits_processor_entries,
+)
 
 if TYPE_CHECKING:
     from .config import WorkerConfig
@@ -30,16 +40,24 @@ __all__ = [
     "ComponentSnapshot",
     "DiffusionEngine",
     "EngineConfig",
+    "ForcedTokenSequenceSpec",
     "GenerateChunk",
     "GenerateRequest",
     "KvEventSource",
     "LLMEngine",
     "LlmRegistration",
+    "LogitsProcessorEntry",
+    "LogitsProcessorSpec",
     "PushSource",
+    "PythonProcessorSpec",
     "RawEngine",
     "RawRequest",
     "RawResponseChunk",
     "ZmqSource",
+    "deserialize_logits_processor_entries",
+    "is_generation_stage",
+    "logits_processors_for_request",
+    "serialize_logits_processor_entries",
 ]
 
 
@@ -124,76 +142,48 @@ _FLAT_FIELDS = (
 )
 
 
+@dataclass
 class EngineConfig:
     """Registration metadata returned by :meth:`BaseEngine.start`.
 
-    Accepts both spellings with one meaning: the seed guide's flat keywords
+    A dataclass with 1.6.1's fields (``dataclasses.fields``/``asdict`` see
+    exactly those). It also accepts the seed guide's flat keywords
     (``EngineConfig(model=…, context_length=8192, kv_cache_block_size=16)``)
-    and 1.6.1's ``EngineConfig(model=…, llm=LlmRegistration(...))``. Flat
-    keywords fill :attr:`llm` (creating it when absent); reading
-    ``config.context_length`` reads ``config.llm.context_length``. Giving the
-    same field both ways with different values is an error.
+    with one meaning: they fill :attr:`llm` (created when absent), and
+    reading ``config.context_length`` reads ``config.llm.context_length``.
+    Giving the same field both ways with different values is an error.
     """
 
-    __slots__ = ("llm", "model", "model_aliases", "runtime_data", "served_model_name")
+    model: str
+    served_model_name: str | None = None
+    runtime_data: dict[str, Any] | None = None
+    llm: LlmRegistration | None = None
+    model_aliases: list[str] = field(default_factory=list)
+    _: KW_ONLY
+    context_length: InitVar[int | None] = None
+    kv_cache_block_size: InitVar[int | None] = None
+    total_kv_blocks: InitVar[int | None] = None
+    max_num_seqs: InitVar[int | None] = None
+    max_num_batched_tokens: InitVar[int | None] = None
+    data_parallel_size: InitVar[int | None] = None
+    data_parallel_start_rank: InitVar[int | None] = None
+    bootstrap_host: InitVar[str | None] = None
+    bootstrap_port: InitVar[int | None] = None
 
-    def __init__(
-        self,
-        model: str,
-        served_model_name: str | None = None,
-        runtime_data: dict[str, Any] | None = None,
-        llm: LlmRegistration | None = None,
-        model_aliases: list[str] | None = None,
-        *,
-        context_length: int | None = None,
-        kv_cache_block_size: int | None = None,
-        total_kv_blocks: int | None = None,
-        max_num_seqs: int | None = None,
-        max_num_batched_tokens: int | None = None,
-        data_parallel_size: int | None = None,
-        data_parallel_start_rank: int | None = None,
-        bootstrap_host: str | None = None,
-        bootstrap_port: int | None = None,
-    ) -> None:
-        self.model = model
-        self.served_model_name = served_model_name
-        self.runtime_data = runtime_data
-        self.model_aliases: list[str] = list(model_aliases or [])
-        flat = {
-            "context_length": context_length,
-            "kv_cache_block_size": kv_cache_block_size,
-            "total_kv_blocks": total_kv_blocks,
-            "max_num_seqs": max_num_seqs,
-            "max_num_batched_tokens": max_num_batched_tokens,
-            "data_parallel_size": data_parallel_size,
-            "data_parallel_start_rank": data_parallel_start_rank,
-            "bootstrap_host": bootstrap_host,
-            "bootstrap_port": bootstrap_port,
-        }
-        given = {k: v for k, v in flat.items() if v is not None}
-        if given:
-            llm = llm if llm is not None else LlmRegistration()
-            for key, value in given.items():
-                current = getattr(llm, key)
-                if current is not None and current != value:
-                    raise ValueError(
-                        f"EngineConfig: {key}={value!r} conflicts with llm.{key}={current!r}"
-                    )
-                setattr(llm, key, value)
+    def __post_init__(self, *flat_values: Any) -> None:
+        self.model_aliases = list(self.model_aliases or [])
+        given = {k: v for k, v in zip(_FLAT_FIELDS, flat_values, strict=True) if v is not None}
+        if not given:
+            return
+        llm = self.llm if self.llm is not None else LlmRegistration()
+        for key, value in given.items():
+            current = getattr(llm, key)
+            if current is not None and current != value:
+                raise ValueError(
+                    f"EngineConfig: {key}={value!r} conflicts with llm.{key}={current!r}"
+                )
+            setattr(llm, key, value)
         self.llm = llm
-
-    def __repr__(self) -> str:
-        return (
-            f"EngineConfig(model={self.model!r}, served_model_name={self.served_model_name!r}, "
-            f"llm={self.llm!r}, model_aliases={self.model_aliases!r})"
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, EngineConfig):
-            return NotImplemented
-        return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def _flat_property(name: str) -> property:
@@ -312,6 +302,10 @@ class LLMEngine(BaseEngine):
 
     async def kv_event_sources(self) -> list[KvEventSource]:
         return []
+
+    async def logits_processor_spec(self) -> LogitsProcessorSpec | None:
+        """Logits processors this engine activates (see :mod:`dynamo_lite.logits`); None: none."""
+        return None
 
 
 class RawEngine(BaseEngine):

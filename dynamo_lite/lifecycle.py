@@ -3,21 +3,31 @@
 How a dynamo_lite worker lives and dies
 =======================================
 
-::
+The table :data:`TRANSITIONS` decides: for the current state and an event
+(a :class:`Reason`), the next state. The worker only feeds events
+(:meth:`Lifecycle.handle`) and performs the work of the state it lands in.
+Every arrow below is one entry of the table, and a test keeps the two equal
+(Mermaid, which code hosts render; ``docs/lifecycle.md`` draws the same)::
 
-    CREATED ──► CONNECTING ──► STARTING ──► REGISTERING ──► SERVING
-                   │  │           │              │             │
-                   │  │ discovery │ start()      │ hook or     │ first SIGTERM/SIGINT,
-                   │  │ down      │ raised       │ card failed │ lease lost (opt-in),
-                   │  ▼           ▼              ▼             │ endpoint closed
-                   │  └─────► FAILED ◄───────────┘             ▼
-                   │              │                         GRACE ──► DRAINING
-                   │              │                           │           │
-                   │              ▼                           ▼           ▼
-                   │          CLEANING ◄──────────────────────┴───────────┘
-                   │              │
-                   ▼              ▼
-                 STOPPED ◄── TEARDOWN
+    stateDiagram-v2
+        CREATED --> CONNECTING : run
+        CONNECTING --> STARTING : connected
+        CONNECTING --> FAILED : discovery unreachable, bad TLS settings, unknown request plane
+        CONNECTING --> TEARDOWN : signal before start, run() cancelled
+        STARTING --> REGISTERING : engine started
+        STARTING --> FAILED : engine start failed
+        STARTING --> GRACE : SIGTERM, SIGINT, lease lost, shutdown() called, run() cancelled
+        REGISTERING --> SERVING : registered
+        REGISTERING --> FAILED : setup failed
+        REGISTERING --> GRACE : SIGTERM, SIGINT, lease lost, shutdown() called, run() cancelled
+        SERVING --> GRACE : SIGTERM, SIGINT, lease lost, shutdown() called, run() cancelled
+        GRACE --> DRAINING : grace period elapsed, second signal, run() cancelled
+        DRAINING --> CLEANING : drained, drain budget exhausted, second signal, run() cancelled
+        FAILED --> CLEANING : discovery unreachable, bad TLS settings, unknown request plane
+        FAILED --> CLEANING : engine start failed, setup failed
+        CLEANING --> TEARDOWN : cleanup complete, cleanup raised
+        CLEANING --> TEARDOWN : start never called, run() cancelled
+        TEARDOWN --> STOPPED : teardown complete
 
 CONNECTING
     Parse the environment, open discovery (an etcd lease, or a file store)
@@ -57,7 +67,16 @@ STOPPED
     Terminal. The exit status says how: 0 for every orderly shutdown
     (``cleanup()`` raising included), 1 when startup failed.
 
-A second signal in GRACE or DRAINING skips what is left of both. A
+A second signal in GRACE or DRAINING skips what is left of both.
+
+Cancelling ``Worker.run()`` (or the task group it runs in) is a shutdown
+too, from any state: the worker takes the path a second signal would (no
+grace, no drain wait; streams still open are cut with an explicit error
+item), shielded from further cancellation and bounded by the shutdown
+timeout, then re-raises the cancellation. A state whose work was interrupted
+is resumed, never repeated: ``cleanup()`` still runs at most once.
+
+A
 watchdog started by the first signal bounds the whole shutdown to
 ``DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT`` (default 30 s) plus the grace
 period; overrunning it exits the process with status 911 (the OS reports
@@ -66,15 +85,29 @@ period; overrunning it exits the process with status 911 (the OS reports
 Every transition is checked against :data:`TRANSITIONS` (an illegal one
 raises :class:`IllegalTransition`) and logged as one structured event with
 the old and new state, the reason and the time since the previous one.
+
+Who owns which task
+-------------------
+``Worker.run()`` opens one anyio task group for the whole run. Every
+background service is started into it under a handle
+(:mod:`dynamo_lite.tasks`) and stopped by TEARDOWN in order: the system
+server and its connections (from CONNECTING until the very end), the
+request-plane sweeper and the NATS subscription (until the listener closes;
+the subscription already in DRAINING), the discovery keepalive (until the
+lease is revoked), the canary and the stall detector (from SERVING until
+GRACE). Request and abort tasks are spawned from the socket callback into the
+endpoint's task set (cheaper than a task group on that path, and one request
+failing must not cancel the others); TEARDOWN joins and then cancels them.
+Waits that a shutdown request or a second signal interrupts (CONNECTING, the
+SERVING wait, the grace sleep, the drain) are cancel scopes that the request
+cancels. Signals are captured for the length of the run and given back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 logger = logging.getLogger("dynamo_lite.lifecycle")
@@ -83,11 +116,18 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_OK",
     "EXIT_WATCHDOG",
+    "SHUTDOWN_EVENTS",
     "TRANSITIONS",
+    "BadTlsSettings",
+    "DiscoveryUnreachable",
+    "EngineStartFailed",
     "IllegalTransition",
     "Lifecycle",
     "Reason",
+    "SetupFailed",
+    "StartupError",
     "State",
+    "UnknownRequestPlane",
 ]
 
 EXIT_OK = 0
@@ -114,6 +154,8 @@ class Reason(enum.Enum):
     RUN = "run"
     CONNECTED = "connected"
     DISCOVERY_UNREACHABLE = "discovery unreachable"
+    BAD_TLS_SETTINGS = "bad TLS settings"
+    UNKNOWN_PLANE = "unknown request plane"
     STARTED = "engine started"
     START_FAILED = "engine start failed"
     SETUP_FAILED = "setup failed"
@@ -122,7 +164,8 @@ class Reason(enum.Enum):
     SIGINT = "SIGINT"
     SIGNAL_BEFORE_START = "signal before start"
     LEASE_LOST = "lease lost"
-    ENDPOINT_CLOSED = "endpoint closed"
+    CANCELLED = "run() cancelled"
+    SHUTDOWN_CALLED = "shutdown() called"
     GRACE_ELAPSED = "grace period elapsed"
     SECOND_SIGNAL = "second signal"
     DRAINED = "drained"
@@ -133,34 +176,92 @@ class Reason(enum.Enum):
     TORN_DOWN = "teardown complete"
 
 
-S = State
-#: Every legal transition. Anything else is a bug and raises.
-TRANSITIONS: dict[State, frozenset[State]] = {
-    S.CREATED: frozenset({S.CONNECTING}),
-    S.CONNECTING: frozenset({S.STARTING, S.FAILED, S.TEARDOWN}),
-    S.STARTING: frozenset({S.REGISTERING, S.FAILED, S.GRACE}),
-    S.REGISTERING: frozenset({S.SERVING, S.FAILED, S.GRACE}),
-    S.SERVING: frozenset({S.GRACE}),
-    S.GRACE: frozenset({S.DRAINING}),
-    S.DRAINING: frozenset({S.CLEANING}),
-    S.FAILED: frozenset({S.CLEANING}),
-    S.CLEANING: frozenset({S.TEARDOWN}),
-    S.TEARDOWN: frozenset({S.STOPPED}),
-    S.STOPPED: frozenset(),
+S, R = State, Reason
+#: What ends serving: a signal, a lost lease, ``shutdown()``, a cancelled run.
+SHUTDOWN_EVENTS = (R.SIGTERM, R.SIGINT, R.LEASE_LOST, R.SHUTDOWN_CALLED, R.CANCELLED)
+#: What CONNECTING fails with.
+CONNECT_FAILURES = (R.DISCOVERY_UNREACHABLE, R.BAD_TLS_SETTINGS, R.UNKNOWN_PLANE)
+#: (state, event) → next state. Anything else is a bug and raises.
+TRANSITIONS: dict[State, dict[Reason, State]] = {
+    S.CREATED: {R.RUN: S.CONNECTING},
+    S.CONNECTING: {
+        R.CONNECTED: S.STARTING,
+        **dict.fromkeys(CONNECT_FAILURES, S.FAILED),
+        R.SIGNAL_BEFORE_START: S.TEARDOWN,
+        R.CANCELLED: S.TEARDOWN,
+    },
+    S.STARTING: {
+        R.STARTED: S.REGISTERING,
+        R.START_FAILED: S.FAILED,
+        **dict.fromkeys(SHUTDOWN_EVENTS, S.GRACE),
+    },
+    S.REGISTERING: {
+        R.REGISTERED: S.SERVING,
+        R.SETUP_FAILED: S.FAILED,
+        **dict.fromkeys(SHUTDOWN_EVENTS, S.GRACE),
+    },
+    S.SERVING: dict.fromkeys(SHUTDOWN_EVENTS, S.GRACE),
+    S.GRACE: dict.fromkeys((R.GRACE_ELAPSED, R.SECOND_SIGNAL, R.CANCELLED), S.DRAINING),
+    S.DRAINING: dict.fromkeys(
+        (R.DRAINED, R.DRAIN_TIMEOUT, R.SECOND_SIGNAL, R.CANCELLED), S.CLEANING
+    ),
+    # The failure that led here is the event that moves on to the cleanup it owes.
+    S.FAILED: dict.fromkeys((*CONNECT_FAILURES, R.START_FAILED, R.SETUP_FAILED), S.CLEANING),
+    S.CLEANING: dict.fromkeys(
+        (R.CLEANED, R.CLEANUP_FAILED, R.NOTHING_TO_CLEAN, R.CANCELLED), S.TEARDOWN
+    ),
+    S.TEARDOWN: {R.TORN_DOWN: S.STOPPED},
+    S.STOPPED: {},
 }
-
-#: States in which a shutdown signal starts the graceful path.
-SHUTDOWN_STATES = frozenset({S.GRACE, S.DRAINING, S.CLEANING, S.TEARDOWN, S.STOPPED})
 
 
 class IllegalTransition(RuntimeError):
-    def __init__(self, current: State, target: State, reason: Reason) -> None:
-        super().__init__(
-            f"illegal lifecycle transition {current.value} → {target.value} ({reason.value})"
-        )
+    """An event the current state has no transition for."""
+
+    def __init__(self, current: State, reason: Reason) -> None:
+        super().__init__(f"illegal lifecycle event {reason.value!r} in state {current.value}")
         self.current = current
-        self.target = target
         self.reason = reason
+
+
+class StartupError(Exception):
+    """The worker could not start; ``reason`` is the lifecycle reason it fails with.
+
+    ``Worker.run()`` logs it and returns status 1; ``dynamo_lite.serve()``
+    raises it, after the same orderly cleanup.
+    """
+
+    reason: Reason = Reason.SETUP_FAILED
+
+
+class DiscoveryUnreachable(StartupError):
+    """Discovery (etcd, NATS, the file store's root) or a listener could not be set up."""
+
+    reason = Reason.DISCOVERY_UNREACHABLE
+
+
+class BadTlsSettings(StartupError):
+    """The ``DYN_TCP_TLS_*`` settings are incomplete or unreadable."""
+
+    reason = Reason.BAD_TLS_SETTINGS
+
+
+class UnknownRequestPlane(StartupError):
+    """``request_plane`` is neither ``tcp`` nor ``nats``."""
+
+    reason = Reason.UNKNOWN_PLANE
+
+
+class EngineStartFailed(StartupError):
+    """``engine.start()`` raised (``cleanup()`` still runs)."""
+
+    reason = Reason.START_FAILED
+
+
+class SetupFailed(StartupError):
+    """A setup hook, the model card or the instance record failed (after ``start()``)."""
+
+    reason = Reason.SETUP_FAILED
 
 
 @dataclass(frozen=True)
@@ -187,7 +288,7 @@ class Lifecycle:
       DRAINING), so cleanup never overlaps ``start()``.
     """
 
-    def __init__(self, on_transition: Callable[[Transition], None] | None = None) -> None:
+    def __init__(self) -> None:
         self.state = State.CREATED
         self.history: list[Transition] = []
         self.exit_code = EXIT_OK
@@ -196,17 +297,15 @@ class Lifecycle:
         self._cleanup_claimed = False
         self._started_at = time.monotonic()
         self._last = self._started_at
-        self._on_transition = on_transition
-        self._shutdown = asyncio.Event()
-        self._hurry = asyncio.Event()
+        #: Set when the shutdown is hurried: a second signal, or a cancelled run.
+        self.hurry_reason: Reason | None = None
 
     # --- transitions ---------------------------------------------------------
-    def can(self, target: State) -> bool:
-        return target in TRANSITIONS[self.state]
-
-    def to(self, target: State, reason: Reason, **detail: object) -> Transition:
-        if target not in TRANSITIONS[self.state]:
-            raise IllegalTransition(self.state, target, reason)
+    def handle(self, reason: Reason, **detail: object) -> State:
+        """Feed one event; returns the new state (or raises :class:`IllegalTransition`)."""
+        target = TRANSITIONS[self.state].get(reason)
+        if target is None:
+            raise IllegalTransition(self.state, reason)
         now = time.monotonic()
         t = Transition(self.state, target, reason, now - self._started_at, now - self._last, detail)
         self._last = now
@@ -228,9 +327,7 @@ class Lifecycle:
                 **{k: v for k, v in detail.items() if k not in ("message", "asctime")},
             },
         )
-        if self._on_transition is not None:
-            self._on_transition(t)
-        return t
+        return target
 
     @property
     def visited(self) -> set[State]:
@@ -241,50 +338,43 @@ class Lifecycle:
     def cleanup_owed(self) -> bool:
         return State.STARTING in self.visited and not self._cleanup_claimed
 
+    @property
+    def cleanup_claimed(self) -> bool:
+        return self._cleanup_claimed
+
     def claim_cleanup(self) -> bool:
         """True exactly once, and only if ``start()`` was called."""
         if self.state is not State.CLEANING:
-            raise IllegalTransition(self.state, State.CLEANING, Reason.CLEANED)
+            raise IllegalTransition(self.state, Reason.CLEANED)
         if not self.cleanup_owed:
             return False
         self._cleanup_claimed = True
         return True
 
-    # --- signals -------------------------------------------------------------
+    # --- shutdown requests ---------------------------------------------------
     def request_shutdown(self, reason: Reason) -> bool:
         """Record a shutdown request; returns True if it is the first one.
 
-        A second request sets :attr:`hurry`, which cuts grace and drain short.
+        A later request *hurries* the shutdown: what is left of the grace
+        period and the drain is skipped.
         """
         self.signals += 1
         if self.shutdown_reason is None:
             self.shutdown_reason = reason
-            self._shutdown.set()
             return True
-        self._hurry.set()
+        self.hurry_reason = self.hurry_reason or Reason.SECOND_SIGNAL
         return False
+
+    def hurry(self, reason: Reason) -> None:
+        """Shut down without grace or drain (a cancelled run)."""
+        if self.shutdown_reason is None:
+            self.shutdown_reason = reason
+        self.hurry_reason = self.hurry_reason or reason
 
     @property
     def shutdown_requested(self) -> bool:
-        return self._shutdown.is_set()
+        return self.shutdown_reason is not None
 
     @property
     def hurried(self) -> bool:
-        return self._hurry.is_set()
-
-    async def wait_shutdown(self) -> None:
-        await self._shutdown.wait()
-
-    async def sleep_unless_hurried(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; False if a second signal cut it short."""
-        if self._hurry.is_set():
-            return False
-        try:
-            async with asyncio.timeout(max(seconds, 0.0)):
-                await self._hurry.wait()
-        except TimeoutError:
-            return True
-        return False
-
-    async def wait_hurry(self) -> None:
-        await self._hurry.wait()
+        return self.hurry_reason is not None

@@ -1,9 +1,11 @@
-"""Logging for ``run()``: stdlib loggers in the library, structlog rendering here.
+"""Logging for ``run()``: stdlib loggers in the library, stock-shaped rendering here.
 
 The library only ever calls :mod:`logging`; :func:`configure_logging` (called
 by :func:`dynamo_lite.run`) installs one handler on the root logger whose
-structlog formatter renders every record — the library's, the engine's and
-any ``structlog.get_logger()`` output — the way the stock worker does:
+formatter renders every record — the library's, the engine's and any
+``structlog.get_logger()`` output — the way the stock worker does. structlog
+is configured to feed that handler when JSONL logging is on or the engine
+already uses structlog; otherwise it is never imported:
 
 ``DYN_LOG``
     The stock filter (tracing's ``EnvFilter`` syntax): comma-separated
@@ -39,8 +41,6 @@ import os
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
-
-import structlog
 
 __all__ = ["TRACE", "configure_logging", "parse_dyn_log"]
 
@@ -134,54 +134,45 @@ def _timestamp(created: float, local: bool) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _stock_shape(local_tz: bool) -> structlog.types.Processor:
-    """Rebuild the event dict in the stock order: time, level, file, line, target, message."""
-
-    def shape(
-        _: object, __: str, event_dict: structlog.types.EventDict
-    ) -> structlog.types.EventDict:
-        record = event_dict.pop("_record", None)
-        event_dict.pop("_from_structlog", None)
-        message = event_dict.pop("event", "")
-        exc_info = event_dict.pop("exc_info", None)
-        stack = event_dict.pop("stack_info", None)
-        fields: dict[str, Any] = {}
-        if isinstance(record, logging.LogRecord):
-            for key, value in vars(record).items():
-                if key not in _STD_ATTRS and not key.startswith("_"):
-                    fields[key] = value
-        for key, value in event_dict.items():
-            if not key.startswith("_"):
-                fields[key] = value
-        if exc_info is True:
-            exc_info = sys.exc_info()
-        if isinstance(exc_info, BaseException):
-            exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
-        if isinstance(exc_info, tuple) and exc_info[0] is not None:
-            fields["exception"] = logging.Formatter().formatException(exc_info)
-        if isinstance(stack, str):
-            fields["stack"] = stack
-        if isinstance(record, logging.LogRecord):
-            head: dict[str, Any] = {
-                "time": _timestamp(record.created, local_tz),
-                "level": _LEVEL_NAMES.get(record.levelno, record.levelname),
-                "file": record.pathname,
-                "line": record.lineno,
-                "target": record.name,
-            }
-        else:
-            now = dt.datetime.now(dt.UTC).timestamp()
-            head = {"time": _timestamp(now, local_tz), "level": "INFO", "target": ""}
-        out: dict[str, Any] = {**head, "message": str(message)}
-        for key in sorted(fields):
-            if key not in out:
-                out[key] = fields[key]
-        return out
-
-    return shape
+def stock_event(record: logging.LogRecord, local_tz: bool) -> dict[str, Any]:
+    """The record in the stock order: time, level, file, line, target, message, fields."""
+    fields: dict[str, Any] = {}
+    for key, value in vars(record).items():
+        if key not in _STD_ATTRS and not key.startswith("_"):
+            fields[key] = value
+    if isinstance(record.msg, dict):
+        # A structlog event dict (structlog's wrap_for_formatter puts it here).
+        event = dict(record.msg)
+        message = event.pop("event", "")
+        exc_info: Any = event.pop("exc_info", None)
+        stack = event.pop("stack_info", None)
+        fields.update((k, v) for k, v in event.items() if not k.startswith("_"))
+    else:
+        message = record.getMessage()
+        exc_info, stack = record.exc_info, record.stack_info
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    if isinstance(exc_info, tuple) and exc_info[0] is not None:
+        fields["exception"] = logging.Formatter().formatException(exc_info)
+    if isinstance(stack, str):
+        fields["stack"] = stack
+    out: dict[str, Any] = {
+        "time": _timestamp(record.created, local_tz),
+        "level": _LEVEL_NAMES.get(record.levelno, record.levelname),
+        "file": record.pathname,
+        "line": record.lineno,
+        "target": record.name,
+        "message": str(message),
+    }
+    for key in sorted(fields):
+        if key not in out:
+            out[key] = fields[key]
+    return out
 
 
-def render_jsonl(_: object, __: str, event_dict: structlog.types.EventDict) -> str:
+def render_jsonl(event_dict: dict[str, Any]) -> str:
     return json.dumps(event_dict, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -189,7 +180,7 @@ _HEAD_KEYS = ("time", "level", "file", "line", "target", "message")
 _LIFECYCLE_KEYS = frozenset({"from_state", "to_state", "reason", "elapsed", "event"})
 
 
-def render_console(_: object, __: str, event_dict: structlog.types.EventDict) -> str:
+def render_console(event_dict: dict[str, Any]) -> str:
     """One readable line per record; lifecycle transitions get their own shape.
 
     ``2026-01-01T12:00:01.234567Z INFO  lifecycle  serving → grace  (SIGTERM, +6.848s)``
@@ -213,6 +204,33 @@ def render_console(_: object, __: str, event_dict: structlog.types.EventDict) ->
     return line + (f"\n{exc}" if exc else "")
 
 
+class StockFormatter(logging.Formatter):
+    """Renders a record as one stock-shaped JSON line or one readable line."""
+
+    def __init__(self, *, jsonl: bool, local_tz: bool) -> None:
+        super().__init__()
+        self.render = render_jsonl if jsonl else render_console
+        self.local_tz = local_tz
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.render(stock_event(record, self.local_tz))
+
+
+def _route_structlog() -> None:
+    """Send structlog loggers (an engine's) through the stdlib handler."""
+    import structlog
+
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
 #: Loggers a previous configure_logging() gave a level, reset by the next one.
 _configured: set[str] = set()
 
@@ -228,12 +246,7 @@ def configure_logging(env: Mapping[str, str] | None = None, stream: TextIO | Non
     jsonl = _truthy(env.get("DYN_LOGGING_JSONL")) or (
         (env.get("DYN_LOGGING_CONSOLE_FORMAT") or "").strip().lower() == "jsonl"
     )
-    shape = _stock_shape(_truthy(env.get("DYN_LOG_USE_LOCAL_TZ")))
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[],
-        processors=[shape, render_jsonl if jsonl else render_console],
-        pass_foreign_args=False,
-    )
+    formatter = StockFormatter(jsonl=jsonl, local_tz=_truthy(env.get("DYN_LOG_USE_LOCAL_TZ")))
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     handler._dynamo_lite = True  # type: ignore[attr-defined]
@@ -248,15 +261,9 @@ def configure_logging(env: Mapping[str, str] | None = None, stream: TextIO | Non
     for name, level in {**DEFAULT_TARGETS, **targets}.items():
         logging.getLogger(name).setLevel(level)
         _configured.add(name)
-    # structlog loggers (an engine's) go through the same handler.
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
+    # structlog loggers (an engine's) go through the same handler; importing
+    # structlog only for that keeps a plain worker lighter.
+    if jsonl or "structlog" in sys.modules:
+        _route_structlog()
     for directive in invalid:
         logging.getLogger(__name__).warning("DYN_LOG: ignoring invalid directive %r", directive)

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-Nothing on the request path talks to prometheus_client. The endpoint keeps
-plain counters (:class:`dynamo_lite.endpoint.EndpointStats`), updated once
+Nothing on the request path talks to prometheus_client (imported at the
+first scrape). The endpoint keeps
+plain counters (:class:`dynamo_lite.stats.EndpointStats`), updated once
 per request (response bytes once per chunk, an integer add), plus three
 :class:`Histogram` objects whose ``observe`` is one bisect and two adds.
 At scrape time :class:`WorkerMetrics` — a custom collector registered in
@@ -44,19 +45,22 @@ their own registries through :class:`EngineMetrics` (the object
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
-
 from .card import served_model_name
+from .multiproc import bridge_global_registry, ensure_prometheus_multiproc_dir
+from .stats import (
+    PERMIT_WAIT_BUCKETS,
+    Histogram,
+)
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
+
     from .canary import HealthMonitor
     from .config import WorkerConfig
     from .endpoint import Endpoint
@@ -70,6 +74,7 @@ __all__ = [
     "EngineMetrics",
     "Histogram",
     "WorkerMetrics",
+    "ensure_prometheus_multiproc_dir",
     "gather_with_labels",
     "register_engine_registry",
     "register_global_registry",
@@ -77,15 +82,6 @@ __all__ = [
 
 #: The 0.0.4 text format is what ``generate_latest`` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-REQUEST_DURATION_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600,
-)  # fmt: skip
-NETWORK_TRANSIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
-PERMIT_WAIT_BUCKETS = (0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60)
-FIRST_RESPONSE_BUCKETS = (
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
-)  # fmt: skip
 
 #: Stock's fixed work-handler sizes (we have no bounded queue; the pool is ``max_inflight``).
 QUEUE_CAPACITY = 40_000
@@ -187,50 +183,6 @@ FAMILIES: dict[str, tuple[str, str]] = {
 }  # fmt: skip
 
 
-def _le(bound: float) -> str:
-    """Bucket bounds written as stock writes them: ``1``, ``2.5``, ``0.0001``."""
-    return str(int(bound)) if bound == int(bound) else repr(float(bound))
-
-
-class Histogram:
-    """A fixed-bucket histogram that is cheap to observe and rendered at scrape time."""
-
-    __slots__ = ("bounds", "count", "counts", "labels", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(float(b) for b in bounds)
-        self.labels = (*(_le(b) for b in bounds), "+Inf")
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        # bisect_left finds the first bound >= value, i.e. the "le" bucket.
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        total = 0
-        for label, n in zip(self.labels, self.counts, strict=True):
-            total += n
-            out.append((label, float(total)))
-        return out
-
-
-def request_duration_histogram() -> Histogram:
-    return Histogram(REQUEST_DURATION_BUCKETS)
-
-
-def network_transit_histogram() -> Histogram:
-    return Histogram(NETWORK_TRANSIT_BUCKETS)
-
-
-def first_response_histogram() -> Histogram:
-    return Histogram(FIRST_RESPONSE_BUCKETS)
-
-
 # --- scrape-time collection --------------------------------------------------------
 
 
@@ -260,6 +212,8 @@ class _Families:
         self.metrics: dict[str, Metric] = {}
 
     def _metric(self, name: str) -> Metric:
+        from prometheus_client.metrics_core import Metric
+
         metric = self.metrics.get(name)
         if metric is None:
             kind, help_ = FAMILIES[name]
@@ -311,13 +265,16 @@ def extra_labels(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     return out
 
 
-class WorkerMetrics(Collector):
-    """The worker's registry; see the module docstring."""
+class WorkerMetrics:
+    """The worker's registry; see the module docstring.
+
+    prometheus_client is imported at the first scrape, not before: a worker
+    without a system port never loads it.
+    """
 
     def __init__(self, source: MetricsSource) -> None:
         self.source = source
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
+        self._registry: Any = None
         self.engine = EngineMetrics({})
         self.extra = extra_labels(source.config.metrics_labels)
         self.unavailable_reported = False
@@ -435,7 +392,12 @@ class WorkerMetrics(Collector):
     # --- exposition --------------------------------------------------------------
     def render(self) -> bytes:
         """The whole ``/metrics`` body: our families, then every engine registry."""
-        parts = [generate_latest(self.registry)]
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if self._registry is None:
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(self)
+        parts = [generate_latest(self._registry)]
         for callback in list(self.engine.expfmt_callbacks):
             try:
                 text = callback()
@@ -482,7 +444,7 @@ class EngineMetrics:
         self.typed_callbacks.append(callback)
 
 
-class LabelInjectingCollector(Collector):
+class LabelInjectingCollector:
     """Re-yields a registry's families with extra labels; labels a sample has win."""
 
     def __init__(self, inner: Collector, labels: Mapping[str, str]) -> None:
@@ -490,6 +452,8 @@ class LabelInjectingCollector(Collector):
         self.labels = dict(labels)
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.metrics_core import Metric
+
         for metric in self.inner.collect():
             out = Metric(metric.name, metric.documentation, metric.type, metric.unit)
             for sample in metric.samples:
@@ -497,7 +461,7 @@ class LabelInjectingCollector(Collector):
             yield out
 
 
-class _Filtered(Collector):
+class _Filtered:
     def __init__(
         self, inner: Collector, include: Sequence[str] | None, exclude: Sequence[str] | None
     ) -> None:
@@ -522,6 +486,8 @@ def gather_with_labels(
     exclude_prefixes: Sequence[str] | None = None,
 ) -> str:
     """``registry`` as exposition text, filtered by name prefix, ``labels`` injected."""
+    from prometheus_client import generate_latest
+
     source: Collector = _Filtered(registry, prefix_filters, exclude_prefixes)
     if labels:
         source = LabelInjectingCollector(source, labels)
@@ -553,15 +519,14 @@ def register_global_registry(
 ) -> None:
     """Bridge the global ``prometheus_client.REGISTRY``, keeping ``engine_prefix`` families.
 
-    Multi-process collection (``PROMETHEUS_MULTIPROC_DIR``) is the engine's
-    business: a ``MultiProcessCollector`` it registered on ``REGISTRY`` is
-    gathered like any other collector.
+    With ``PROMETHEUS_MULTIPROC_DIR`` set, the engine's multi-process metrics
+    are collected too (see :mod:`dynamo_lite.multiproc`); the families of
+    ``multiproc_only_prefixes`` exist only there.
     """
-    from prometheus_client import REGISTRY
-
-    register_engine_registry(
+    bridge_global_registry(
         metrics,
-        REGISTRY,
-        prefix_filters=[engine_prefix, *(multiproc_only_prefixes or ())],
+        register_engine_registry,
+        engine_prefix=engine_prefix,
+        multiproc_only_prefixes=multiproc_only_prefixes,
         exclude_prefixes=exclude_prefixes,
     )

@@ -25,9 +25,12 @@ logger = logging.getLogger("dynamo_lite.run")
 EngineFactory = Callable[[list[str] | None], Awaitable[tuple[BaseEngine, WorkerConfig]]]
 
 
-async def _main(
-    engine_cls: type[BaseEngine], argv: list[str] | None, engine_factory: EngineFactory | None
+async def _start(
+    engine_cls: type[BaseEngine],
+    argv: list[str] | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> int:
+    """Build the engine (``engine_factory`` or ``engine_cls.from_args``) and run a worker on it."""
     from_args = engine_factory or engine_cls.from_args
     try:
         engine, worker_config = await from_args(argv)
@@ -37,6 +40,9 @@ async def _main(
         traceback.print_exc()
         return 1
     return await Worker(engine, worker_config).run()
+
+
+_main = _start
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -59,5 +65,5 @@ def run(
     """Run ``engine_cls`` as a worker and exit the process with the worker's status."""
     configure_logging()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        code = runner.run(_main(engine_cls, argv, engine_factory))
+        code = runner.run(_start(engine_cls, argv, engine_factory))
     sys.exit(code)

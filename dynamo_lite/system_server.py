@@ -15,20 +15,27 @@ this module only routes. Bodies and status codes copy the stock worker:
 
 Readiness lives in :class:`Health`: the worker flips endpoints ready when
 they are registered and not-ready from the first moment of shutdown.
+
+Ownership: :meth:`SystemServer.start` binds the listener; :meth:`SystemServer.serve`
+accepts until cancelled, each connection a task of the task group it runs,
+so stopping that one service closes the listener and every connection.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import h11
+import anyio
+import anyio.abc
+
+if TYPE_CHECKING:
+    import h11
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +51,10 @@ class Response:
 
 
 Handler = Callable[[str, str], Awaitable[Response] | Response]
+#: ``handler(method, path, body)``: routes that read the request body (any method).
+BodyHandler = Callable[[str, str, bytes], Awaitable[Response]]
+#: Request bodies above this are refused (stock's HTTP stack limits them to 2 MB too).
+MAX_BODY = 2 * 1024 * 1024
 
 
 class Health:
@@ -124,8 +135,10 @@ class SystemServer:
         self.routes[live_path] = self._health
         self.routes["/metadata"] = lambda m, p: Response(404, b"Discovery metadata not available")
         self.prefix_routes.append(("/engine/", self._engine_not_found))
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self.body_routes: dict[str, BodyHandler] = {}
+        self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
+        #: Idle keep-alive connections are closed after this long.
+        self.idle_timeout = 30.0
 
     def _health(self, method: str, path: str) -> Response:
         return Response(200 if self.health.ready else 503, json.dumps(self.health.body()).encode())
@@ -148,6 +161,17 @@ class SystemServer:
 
         self.routes["/metrics"] = metrics
 
+    def route_body(self, prefix: str, handler: BodyHandler) -> None:
+        """Serve every method under ``prefix`` with ``handler``, which gets the request body.
+
+        A later handler for the same prefix replaces the earlier one.
+        """
+        self.body_routes[prefix] = handler
+
+    def _body_handler(self, target: str) -> BodyHandler | None:
+        path = target.split("?", 1)[0]
+        return next((h for p, h in self.body_routes.items() if path.startswith(p)), None)
+
     def route(self, path: str, handler: Handler, *, prefix: bool = False) -> None:
         if prefix:
             self.prefix_routes.append((path, handler))
@@ -155,22 +179,29 @@ class SystemServer:
             self.routes[path] = handler
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        """Bind the listener; returns the port (``DYN_SYSTEM_PORT=0`` picks one)."""
+        listener = await anyio.create_tcp_listener(
+            local_host=self.host or None, local_port=self.port, reuse_port=False
+        )
+        self._listener = listener
+        self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
         logger.info("System status server listening on %s:%d", self.host, self.port)
         return self.port
 
-    async def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task in list(self._connections):
-            task.cancel()
-        if self._connections:
-            await asyncio.wait(list(self._connections), timeout=2)
-        if server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 2)
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept connections until cancelled; then the listener is closed."""
+        listener = self._listener
+        if listener is None:
+            raise RuntimeError("SystemServer.start() first")
+        task_status.started()
+        try:
+            await listener.serve(self._serve)
+        finally:
+            self._listener = None
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
 
     async def _dispatch(self, method: str, target: str) -> Response:
         path = target.split("?", 1)[0]
@@ -190,43 +221,101 @@ class SystemServer:
         return result
 
     async def _respond(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream, request: h11.Request
     ) -> None:
+
         method = request.method.decode()
         response = await self._dispatch(method, request.target.decode())
+        await self._send(conn, stream, method, response)
+
+    async def _respond_with_body(
+        self,
+        conn: h11.Connection,
+        stream: anyio.abc.SocketStream,
+        request: h11.Request,
+        handler: BodyHandler,
+    ) -> bool:
+        """Read the body, answer through ``handler``; False when the connection must close."""
+        import h11
+
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                with anyio.fail_after(self.idle_timeout):
+                    try:
+                        data = await stream.receive(65536)
+                    except anyio.EndOfStream:
+                        data = b""
+                conn.receive_data(data)
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_BODY:
+                    await self._send(conn, stream, "POST", Response(413, b"length limit exceeded"))
+                    return False
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                return False
+        method = request.method.decode()
+        path = request.target.decode().split("?", 1)[0]
+        await self._send(conn, stream, method, await handler(method, path, b"".join(chunks)))
+        return True
+
+    async def _send(
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream, method: str, response: Response
+    ) -> None:
+        import h11
+
         headers = [
             ("content-type", response.content_type),
             ("content-length", str(len(response.body))),
             *response.headers,
         ]
-        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers)))
+        out = conn.send(h11.Response(status_code=response.status, headers=headers)) or b""
         if method != "HEAD":
-            writer.write(conn.send(h11.Data(data=response.body)))
-        writer.write(conn.send(h11.EndOfMessage()))
-        await writer.drain()
+            out += conn.send(h11.Data(data=response.body)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        await stream.send(out)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+    async def _serve(self, stream: anyio.abc.SocketStream) -> None:
+        # Imported by the first connection: a worker without a system port never loads h11.
+        import h11
+
         conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    # Idle keep-alive connections are bounded too.
-                    conn.receive_data(await asyncio.wait_for(reader.read(65536), 30))
-                elif isinstance(event, h11.Request):
-                    await self._respond(conn, writer, event)
-                elif event is h11.PAUSED:
-                    # One request/response cycle is complete.
-                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+        async with stream:
+            try:
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        # Idle keep-alive connections are bounded too.
+                        with anyio.fail_after(self.idle_timeout):
+                            try:
+                                data = await stream.receive(65536)
+                            except anyio.EndOfStream:
+                                data = b""
+                        conn.receive_data(data)
+                    elif isinstance(event, h11.Request):
+                        body_handler = self._body_handler(event.target.decode())
+                        if body_handler is None:
+                            await self._respond(conn, stream, event)
+                        elif not await self._respond_with_body(conn, stream, event, body_handler):
+                            break
+                    elif event is h11.PAUSED:
+                        # One request/response cycle is complete.
+                        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                            break
+                        conn.start_next_cycle()
+                    elif isinstance(event, h11.ConnectionClosed):
                         break
-                    conn.start_next_cycle()
-                elif isinstance(event, h11.ConnectionClosed):
-                    break
-        except (h11.RemoteProtocolError, TimeoutError, ConnectionError, h11.LocalProtocolError):
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
+            except (
+                h11.RemoteProtocolError,
+                h11.LocalProtocolError,
+                TimeoutError,
+                OSError,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+            ):
+                pass

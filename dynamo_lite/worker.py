@@ -14,9 +14,12 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import nullcontext
 from typing import Any
+
+import anyio
+import anyio.abc
 
 from .canary import HealthMonitor, HealthSettings, resolve_payload
 from .card import ModelFiles, build_card, served_model_name, slugify
@@ -25,12 +28,27 @@ from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .discovery import keys as dkeys
 from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, RawEngine
+from .engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
 from .errors import InvalidArgument
 from .kv.routing import KvRouting, start_publishing
-from .lifecycle import EXIT_FAILURE, EXIT_OK, EXIT_WATCHDOG, Lifecycle, Reason, State
+from .lifecycle import (
+    EXIT_WATCHDOG,
+    BadTlsSettings,
+    DiscoveryUnreachable,
+    EngineStartFailed,
+    IllegalTransition,
+    Lifecycle,
+    Reason,
+    SetupFailed,
+    StartupError,
+    State,
+    UnknownRequestPlane,
+)
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import WorkerMetrics
+from .signals import Watchdog, captured_signals
 from .system_server import Health, Response, SystemServer
+from .tasks import Service, start_service
 from .transport.nats_plane import NatsError, NatsRequestPlane, subject_for
 from .transport.request_plane import RequestPlaneServer
 from .transport.tls import TcpTls, TlsConfigError
@@ -45,18 +63,8 @@ TEARDOWN_JOIN_BOUND = 2.0
 QUIESCENT_POLL = 0.5
 
 
-@dataclass(frozen=True)
-class EndpointHandle:
-    """What ``on_endpoint_ready`` receives: the served endpoint's identity."""
-
-    namespace: str
-    component: str
-    name: str
-    instance_id: int
-
-    @property
-    def path(self) -> str:
-        return f"{self.namespace}.{self.component}.{self.name}"
+#: What ``on_endpoint_ready`` receives (dynamo_lite/engine_routes.py).
+EndpointHandle = ServingEndpoint
 
 
 class _SnapshotPublisher:
@@ -89,7 +97,16 @@ def _as_engine_config(value: Any) -> EngineConfig:
 
 
 class Worker:
-    """Serve one engine until told to stop; :meth:`run` returns the exit status."""
+    """Serve one engine until told to stop; :meth:`run` returns the exit status.
+
+    Ownership (see :mod:`dynamo_lite.tasks`): :meth:`run` opens the worker's
+    root task group. Every background service (request-plane sweeper, system
+    server, discovery keepalive, NATS subscription, canary, stall detector)
+    runs in it under a :class:`~dynamo_lite.tasks.Service` handle that
+    teardown stops in order; request and abort tasks belong to the endpoint.
+    Waits that a shutdown request or a second signal must interrupt run in
+    cancel scopes the request cancels (:meth:`_interruptible`).
+    """
 
     def __init__(
         self,
@@ -99,13 +116,16 @@ class Worker:
         settings: RuntimeSettings | None = None,
         store: KvStore | None = None,
         handle_signals: bool = True,
-        hard_exit: Callable[[int], None] = os._exit,
+        hard_exit: Callable[[int], None] | None = os._exit,
     ) -> None:
         self.engine = engine
         self.config = config
         self.settings = settings or RuntimeSettings.from_env()
         self.lifecycle = Lifecycle()
         self.handle_signals = handle_signals
+        #: Give a consumed signal to the program's own handler afterwards (embedding).
+        self.redeliver_signals = False
+        #: What the watchdog calls; None (embedded) cancels the run instead.
         self._hard_exit = hard_exit
         self._store = store
         self.endpoint_id = EndpointId(config.namespace, config.component, config.endpoint)
@@ -113,7 +133,6 @@ class Worker:
         self.endpoint.disagg_role = config.disaggregation_mode.value
         self.server: RequestPlaneServer | None = None
         self.nats: NatsRequestPlane | None = None
-        self._nats_subject: str | None = None
         self.instance_id: int | None = None
         self.engine_config: EngineConfig | None = None
         self.card: dict[str, Any] | None = None
@@ -129,12 +148,23 @@ class Worker:
         #: Canary and stall detector; created at registration.
         self.monitor: HealthMonitor | None = None
         self.metrics = WorkerMetrics(self)
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._signals_installed: list[int] = []
+        #: The run's exit status once it ended (a cancelled run that stopped in
+        #: order reports the lifecycle's); None while it runs.
+        self.exit_status: int | None = None
+        #: Why startup failed, when it did (``serve()`` raises it).
+        self.failure: StartupError | None = None
+        self._watchdog = Watchdog(self._watchdog_fired)
         self._instance_key: str | None = None
         self._mdc_key: str | None = None
         #: KV events, load metrics and the local indexer (:mod:`dynamo_lite.kv`).
         self.kv = KvRouting()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._services: dict[str, Service] = {}
+        #: Cancel scopes that the first shutdown request / a hurry cancels.
+        self._on_shutdown: set[anyio.CancelScope] = set()
+        self._on_hurry: set[anyio.CancelScope] = set()
+        self._serving: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
 
     @property
     def lease_renewals(self) -> int:
@@ -146,33 +176,69 @@ class Worker:
             self._store = open_store(self.config.discovery_backend, self.settings)
         return self._store
 
-    # --- signals -------------------------------------------------------------
-    def _install_signal_handlers(self) -> None:
-        if not self.handle_signals:
-            return
-        loop = asyncio.get_running_loop()
-        for sig, reason in ((signal.SIGTERM, Reason.SIGTERM), (signal.SIGINT, Reason.SIGINT)):
-            loop.add_signal_handler(sig, self.request_shutdown, reason)
-            self._signals_installed.append(sig)
-        _guard_engine_signal_handlers(loop)
-
-    def _remove_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in self._signals_installed:
-            loop.remove_signal_handler(sig)
-        self._signals_installed.clear()
-
+    # --- shutdown requests ------------------------------------------------------
     def request_shutdown(self, reason: Reason = Reason.SIGTERM) -> None:
         """First call: graceful shutdown. Later calls: hurry it."""
         if reason in (Reason.SIGTERM, Reason.SIGINT):
             logger.info("%s received", reason.value)
-        first = self.lifecycle.request_shutdown(reason)
-        if first:
+        if self.lifecycle.request_shutdown(reason):
             # Readiness drops from the very first probe after the signal.
             self._withdraw_readiness()
-            self._arm_watchdog()
+            self._watchdog.arm(self.settings.shutdown_timeout + self.settings.grace_period)
+            logger.debug(
+                "graceful shutdown started; deadline %ss (%ss timeout + %.2fs grace)",
+                self.settings.shutdown_timeout + self.settings.grace_period,
+                self.settings.shutdown_timeout,
+                self.settings.grace_period,
+            )
+            _cancel_all(self._on_shutdown)
         else:
             logger.info("second shutdown request; skipping the rest of grace and drain")
+            _cancel_all(self._on_hurry)
+
+    def shutdown(self) -> None:
+        """Ask the worker to shut down gracefully (grace, drain, cleanup, teardown).
+
+        Once a shutdown is under way, calling it again changes nothing.
+        """
+        if not self.lifecycle.shutdown_requested:
+            self.request_shutdown(Reason.SHUTDOWN_CALLED)
+
+    async def wait_serving(self) -> bool:
+        """Wait until the worker serves (True) or its run ended without serving (False)."""
+        serving, stopped = self._events()
+        await serving.wait()
+        return not stopped.is_set()
+
+    async def wait_stopped(self) -> int | None:
+        """Wait until :meth:`run` has ended; returns :attr:`exit_status`."""
+        await self._events()[1].wait()
+        return self.exit_status
+
+    def _events(self) -> tuple[anyio.Event, anyio.Event]:
+        # Created on first use, inside the event loop (anyio.Event needs one).
+        if self._serving is None or self._stopped is None:
+            self._serving, self._stopped = anyio.Event(), anyio.Event()
+        return self._serving, self._stopped
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self.request_shutdown(Reason.SIGINT if sig == signal.SIGINT else Reason.SIGTERM)
+
+    @contextlib.contextmanager
+    def _interruptible(self, *, by_hurry: bool = False) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that the first shutdown request (``by_hurry``: the
+        second one) cancels; already cancelled if that request came before."""
+        lc = self.lifecycle
+        scopes = self._on_hurry if by_hurry else self._on_shutdown
+        scope = anyio.CancelScope()
+        if lc.hurried or (not by_hurry and lc.shutdown_requested):
+            scope.cancel()
+        scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            scopes.discard(scope)
 
     @property
     def ready(self) -> bool:
@@ -183,16 +249,6 @@ class Worker:
         if self.config.endpoint in self.health.endpoints:
             self.health.set_endpoint(self.config.endpoint, False)
 
-    def _arm_watchdog(self) -> None:
-        budget = self.settings.shutdown_timeout + self.settings.grace_period
-        logger.debug(
-            "graceful shutdown started; deadline %ss (%ss timeout + %.2fs grace)",
-            budget,
-            self.settings.shutdown_timeout,
-            self.settings.grace_period,
-        )
-        self._watchdog = asyncio.get_running_loop().call_later(budget, self._watchdog_fired, budget)
-
     def _watchdog_fired(self, budget: float) -> None:
         logger.error(
             "Graceful shutdown exceeded %gs; force-exiting with code %d. "
@@ -200,77 +256,114 @@ class Worker:
             budget,
             EXIT_WATCHDOG,
         )
-        self._hard_exit(EXIT_WATCHDOG)
+        if self._hard_exit is not None:
+            self._hard_exit(EXIT_WATCHDOG)
+        elif self._tg is not None:
+            # Embedded: cancelling the run takes the bounded, shielded path.
+            self._tg.cancel_scope.cancel()
 
     # --- run -------------------------------------------------------------------
     async def run(self) -> int:
+        """Serve until told to stop; returns the exit status.
+
+        Cancelling it (or the task group it runs in) from any state shuts the
+        worker down in order, bounded by the shutdown timeout, and re-raises.
+        """
         lc = self.lifecycle
-        lc.to(State.CONNECTING, Reason.RUN)
-        self._install_signal_handlers()
-        try:
-            return await self._run()
-        finally:
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            self._remove_signal_handlers()
+        lc.handle(Reason.RUN)
+        serving, stopped = self._events()
+        signals = (
+            captured_signals(self._on_signal, redeliver=self.redeliver_signals)
+            if self.handle_signals
+            else nullcontext()
+        )
+        code: int | None = None
+        with signals:
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    try:
+                        code = await self._run()
+                    except anyio.get_cancelled_exc_class():
+                        await self._finish_cancelled()
+                        raise
+                    # Every service has been stopped by teardown; nothing may outlive run().
+                    tg.cancel_scope.cancel()
+            finally:
+                self._tg = None
+                self._watchdog.disarm()
+                if self.exit_status is None and lc.state is State.STOPPED:
+                    self.exit_status = lc.exit_code
+                stopped.set()
+                serving.set()
+        # Only the watchdog cancels this task group itself (embedded runs).
+        self.exit_status = EXIT_WATCHDOG if code is None else code
+        return self.exit_status
 
     async def _run(self) -> int:
         lc = self.lifecycle
         try:
-            connected = await self._until_shutdown(self._connect())
-        except (DiscoveryError, NatsError, OSError) as exc:
-            logger.error("cannot start: %s", exc)
-            lc.to(State.FAILED, Reason.DISCOVERY_UNREACHABLE, error=str(exc))
-            return await self._finish_failed(Reason.DISCOVERY_UNREACHABLE)
-        if not connected or lc.shutdown_requested:
+            with self._interruptible() as connecting:
+                await self._connect()
+        except StartupError as exc:
+            return await self._fail(exc)
+        if connecting.cancelled_caught or lc.shutdown_requested:
             # A signal before start(): nothing was started, nothing to clean up.
-            lc.to(State.TEARDOWN, Reason.SIGNAL_BEFORE_START)
-            await self._teardown()
-            lc.to(State.STOPPED, Reason.TORN_DOWN)
-            return EXIT_OK
+            return await self._shutdown()
         assert self.instance_id is not None
-        lc.to(State.STARTING, Reason.CONNECTED, worker_id=self.instance_id)
+        lc.handle(Reason.CONNECTED, worker_id=self.instance_id)
         t0 = time.monotonic()
         try:
             self.engine_config = _as_engine_config(await self.engine.start(self.instance_id))
         except Exception as exc:
-            logger.error("engine.start() failed: %s: %s", type(exc).__name__, exc)
-            lc.to(State.FAILED, Reason.START_FAILED, error=f"{type(exc).__name__}: {exc}")
-            return await self._finish_failed(Reason.START_FAILED)
+            return await self._fail(EngineStartFailed(f"{type(exc).__name__}: {exc}"))
         self.timings["model_load"] = time.monotonic() - t0
         if not lc.shutdown_requested:
-            lc.to(
-                State.REGISTERING,
+            lc.handle(
                 Reason.STARTED,
                 model=self.engine_config.model,
                 model_load_time_seconds=round(self.timings["model_load"], 6),
             )
             try:
                 await self._register()
+            except StartupError as exc:
+                return await self._fail(exc)
             except Exception as exc:
-                logger.error("setup failed: %s: %s", type(exc).__name__, exc)
-                lc.to(State.FAILED, Reason.SETUP_FAILED, error=f"{type(exc).__name__}: {exc}")
-                return await self._finish_failed(Reason.SETUP_FAILED)
+                return await self._fail(SetupFailed(f"{type(exc).__name__}: {exc}"))
             if not lc.shutdown_requested:
-                lc.to(State.SERVING, Reason.REGISTERED, instance_id=f"{self.instance_id:x}")
-                await lc.wait_shutdown()
+                lc.handle(Reason.REGISTERED, instance_id=f"{self.instance_id:x}")
+                self._events()[0].set()
+                with self._interruptible():
+                    await anyio.sleep_forever()
         return await self._shutdown()
 
-    async def _until_shutdown(self, coro: Coroutine[Any, Any, None]) -> bool:
-        """Run ``coro`` unless a shutdown request comes first (then cancel it)."""
-        task = asyncio.ensure_future(coro)
-        waiter = asyncio.ensure_future(self.lifecycle.wait_shutdown())
-        try:
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if task.done():
-            task.result()
-            return True
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, DiscoveryError, OSError):
-            await task
-        return False
+    async def _fail(self, error: StartupError) -> int:
+        logger.error("%s: %s", error.reason.value, error)
+        self.failure = error
+        self.lifecycle.handle(error.reason, error=str(error))
+        return await self._shutdown()
+
+    async def _finish_cancelled(self) -> None:
+        """The run was cancelled: the hurried shutdown path, shielded and bounded."""
+        lc = self.lifecycle
+        if lc.state is State.STOPPED:
+            return
+        logger.warning("worker run cancelled in state %s; shutting down", lc.state.value)
+        first = not lc.shutdown_requested
+        lc.hurry(Reason.CANCELLED)
+        if first:
+            self._withdraw_readiness()
+        _cancel_all(self._on_shutdown | self._on_hurry)
+        bound = self.settings.shutdown_timeout
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + bound
+            await self._shutdown()
+        if scope.cancelled_caught:
+            logger.error(
+                "shutdown after cancellation exceeded %gs; left in state %s",
+                bound,
+                lc.state.value,
+            )
 
     # --- discovery liveness ------------------------------------------------------
     async def _on_lease_lost(self, reason: str) -> None:
@@ -284,48 +377,69 @@ class Worker:
 
     # --- startup ---------------------------------------------------------------
     async def _connect(self) -> None:
+        """Bind the listeners, open discovery; the instance id becomes the worker id."""
         s = self.settings
+        tg = self._tg
+        assert tg is not None
         plane = (self.config.request_plane or "tcp").lower()
         if plane not in ("tcp", "nats"):
-            raise DiscoveryError(f"request plane {plane!r} is not supported (tcp or nats)")
-        if s.system_port is not None:
-            # Up first, answering 503 while the engine starts (as stock).
-            self.system_server = SystemServer(s.system_host, s.system_port, self.health)
-            self.system_server.serve_metrics(self.metrics.render, METRICS_CONTENT_TYPE)
-            await self.system_server.start()
-        self.endpoint.max_inflight = s.max_inflight
-        self.endpoint.write_stall_timeout = s.write_stall_timeout
+            raise UnknownRequestPlane(f"request plane {plane!r} is not supported (tcp or nats)")
         tls = TcpTls.from_env()
         try:
             self.endpoint.call_home_ssl = tls.client_context()
             server_ssl = tls.server_context()
         except TlsConfigError as exc:
-            raise DiscoveryError(str(exc)) from exc
-        if plane == "nats":
-            self.nats = NatsRequestPlane()
-            await self.nats.connect()
-        else:
-            host = s.tcp_host
-            self.server = RequestPlaneServer(
-                host or "0.0.0.0",
-                s.tcp_port,
-                max_message_size=s.max_message_size,
-                ssl_context=server_ssl,
-                ssl_handshake_timeout=tls.handshake_timeout,
-                frame_timeout=s.frame_timeout,
-                idle_timeout=s.idle_timeout,
-                max_connections=s.max_connections,
-            )
-            port = await self.server.start()
-            self.advertised = (host or detect_host(), port)
-        self.store.on_lost = self._on_lease_lost
-        self.store.on_recovered = self._on_lease_recovered
-        self.instance_id = await self.store.open()
+            raise BadTlsSettings(str(exc)) from exc
+        try:
+            if s.system_port is not None:
+                # Up first, answering 503 while the engine starts (as stock).
+                self.system_server = SystemServer(s.system_host, s.system_port, self.health)
+                self.system_server.serve_metrics(self.metrics.render, METRICS_CONTENT_TYPE)
+                self.system_server.route_body("/engine/", before_routes)
+                await self.system_server.start()
+                await self._start_service("system server", self.system_server.serve)
+            self.endpoint.max_inflight = s.max_inflight
+            self.endpoint.write_stall_timeout = s.write_stall_timeout
+            if plane == "nats":
+                self.nats = NatsRequestPlane()
+                await self.nats.connect()
+            else:
+                host = s.tcp_host
+                self.server = RequestPlaneServer(
+                    host or "0.0.0.0",
+                    s.tcp_port,
+                    max_message_size=s.max_message_size,
+                    ssl_context=server_ssl,
+                    ssl_handshake_timeout=tls.handshake_timeout,
+                    frame_timeout=s.frame_timeout,
+                    idle_timeout=s.idle_timeout,
+                    max_connections=s.max_connections,
+                )
+                port = await self.server.start()
+                await self._start_service("request-plane sweeper", self.server.sweep)
+                self.advertised = (host or detect_host(), port)
+            self.store.on_lost = self._on_lease_lost
+            self.store.on_recovered = self._on_lease_recovered
+            self.instance_id = await self.store.open()
+            await self._start_service("discovery keepalive", self.store.keep_alive)
+        except (DiscoveryError, NatsError, OSError) as exc:
+            raise DiscoveryUnreachable(str(exc)) from exc
         logger.debug(
             "distributed runtime connected backend=%s instance_id=%x",
             self.store.backend,
             self.instance_id,
         )
+
+    async def _start_service(
+        self, name: str, fn: Callable[..., Awaitable[Any]], *args: Any
+    ) -> None:
+        assert self._tg is not None
+        self._services[name] = await start_service(self._tg, fn, *args, name=name)
+
+    async def _stop_service(self, name: str) -> None:
+        service = self._services.pop(name, None)
+        if service is not None:
+            await service.stop()
 
     def _validate_model_input(self) -> None:
         raw = isinstance(self.engine, RawEngine)
@@ -365,7 +479,10 @@ class Worker:
             enable_local_indexer=self.kv.enable_local_indexer,
         )
         logger.debug("local model built")
-        handle = EndpointHandle(cfg.namespace, cfg.component, cfg.endpoint, self.instance_id)
+        self.instance_switch = InstanceSwitch(self)
+        handle = ServingEndpoint(
+            cfg.namespace, cfg.component, cfg.endpoint, self.instance_id, self.instance_switch
+        )
         await engine.on_endpoint_ready(handle)
         ep = self.endpoint_id
         self._mdc_key = ep.mdc_key(self.instance_id)
@@ -374,8 +491,10 @@ class Worker:
         )
         logger.debug("model registered with discovery")
         await self.kv.register_recovery()
-        engine.supported_controls()
-        engine.supported_updates()
+        # /engine/control|update/<name> on the system port (dynamo_lite/engine_routes.py).
+        self.engine_routes = EngineRoutes(self, engine, self.instance_switch)
+        if self.system_server is not None:
+            self.system_server.route_body("/engine/", self.engine_routes.handle)
         payload = await resolve_payload(engine, cfg)
         self.monitor = HealthMonitor(
             engine, self.endpoint, self.health, self.health_settings, payload
@@ -384,11 +503,9 @@ class Worker:
         self.endpoint.accepting = True
         transport: dict[str, str]
         if self.nats is not None:
-            self._nats_subject = subject_for(
-                cfg.namespace, cfg.component, cfg.endpoint, self.instance_id
-            )
-            await self.nats.serve(self._nats_subject, self.endpoint)
-            transport = {"nats_tcp": self._nats_subject}
+            subject = subject_for(cfg.namespace, cfg.component, cfg.endpoint, self.instance_id)
+            await self._start_service("NATS subscription", self.nats.serve, subject, self.endpoint)
+            transport = {"nats_tcp": subject}
         else:
             assert self.server is not None and self.advertised is not None
             self.server.endpoints[ep.endpoint_path(self.instance_id)] = self.endpoint
@@ -400,7 +517,8 @@ class Worker:
         # With the canary on, the endpoint is ready once a probe or a request succeeds.
         self.health.set_endpoint(cfg.endpoint, not self.monitor.canary_active)
         self.health.serving = True
-        self.monitor.start()
+        assert self._tg is not None
+        await self.monitor.start(self._tg)
         logger.info("Serving %s on %s", self.card["display_name"], ep)
 
     async def _self_host(self, files: ModelFiles) -> Callable[[str], str] | None:
@@ -450,36 +568,65 @@ class Worker:
             logger.warning("discovery unregister failed error=%s", exc)
 
     async def _shutdown(self) -> int:
+        """From the current state on to STOPPED; returns the exit status.
+
+        Each state's work is safe to resume: when a cancellation interrupts
+        it, :meth:`_finish_cancelled` calls this again and it carries on from
+        the state it was in, skipping what is already done.
+        """
         lc = self.lifecycle
-        s = self.settings
-        reason = lc.shutdown_reason or Reason.SIGTERM
-        lc.to(State.GRACE, reason)
+        while lc.state is not State.STOPPED:
+            state = lc.state
+            if state is State.CONNECTING:
+                # Nothing was started, so nothing is cleaned up.
+                cancelled = lc.hurry_reason is Reason.CANCELLED
+                lc.handle(Reason.CANCELLED if cancelled else Reason.SIGNAL_BEFORE_START)
+            elif state in (State.STARTING, State.REGISTERING, State.SERVING):
+                lc.handle(lc.shutdown_reason or Reason.SIGTERM)
+            elif state is State.GRACE:
+                await self._grace()
+            elif state is State.DRAINING:
+                reason = await self._drain_or_cut()
+                lc.handle(reason, drain_time_seconds=round(self.timings["drain"], 6))
+            elif state is State.FAILED:
+                lc.handle(self.failure.reason if self.failure else Reason.SETUP_FAILED)
+            elif state is State.CLEANING:
+                lc.handle(await self._cleanup())
+            elif state is State.TEARDOWN:
+                await self._teardown()
+                lc.handle(Reason.TORN_DOWN, exit_code=lc.exit_code)
+            else:  # CREATED: run() moves on at once, so nothing can stop here
+                raise IllegalTransition(state, Reason.CANCELLED)
+        return lc.exit_code
+
+    async def _grace(self) -> None:
+        """Stop being routed to at once, then serve late arrivals for the grace period."""
+        lc = self.lifecycle
+        grace = self.settings.grace_period
         self._withdraw_readiness()
         await self._unregister_instance()
         if self.monitor is not None:
             await self.monitor.stop()
-        if s.grace_period > 0 and not lc.hurried:
-            logger.info("Grace period %.2fs before drain", s.grace_period)
-        slept = await lc.sleep_unless_hurried(s.grace_period)
-        lc.to(State.DRAINING, Reason.GRACE_ELAPSED if slept else Reason.SECOND_SIGNAL)
+        if grace > 0 and not lc.hurried:
+            logger.info("Grace period %.2fs before drain", grace)
+        with self._interruptible(by_hurry=True):
+            await anyio.sleep(grace)
+        lc.handle(lc.hurry_reason or Reason.GRACE_ELAPSED)
+
+    async def _drain_or_cut(self) -> Reason:
+        """Refuse new requests, let in-flight ones finish (bounded), cut the rest."""
         self.endpoint.unavailable_detail = "worker is draining"
         self.endpoint.accepting = False
-        if self.nats is not None and self._nats_subject is not None:
-            # Over NATS, leaving the queue group is the "unavailable" answer.
-            await self.nats.stop_serving(self._nats_subject)
+        # Over NATS, leaving the queue group is the "unavailable" answer.
+        await self._stop_service("NATS subscription")
         t0 = time.monotonic()
-        drain_reason = await self._drain()
+        reason = await self._drain()
         self.timings["drain"] = time.monotonic() - t0
-        if drain_reason is not Reason.DRAINED:
+        if reason is not Reason.DRAINED:
             # Streams the drain could not finish end now, with an explicit error
             # item, before cleanup() takes the engine away from under them.
             self._cut_streams("worker shutting down before the request finished")
-        lc.to(State.CLEANING, drain_reason, drain_time_seconds=round(self.timings["drain"], 6))
-        cleanup_reason = await self._cleanup()
-        lc.to(State.TEARDOWN, cleanup_reason)
-        await self._teardown()
-        lc.to(State.STOPPED, Reason.TORN_DOWN, exit_code=lc.exit_code)
-        return lc.exit_code
+        return reason
 
     def _cut_streams(self, reason: str) -> None:
         cut = self.endpoint.cut(reason)
@@ -489,8 +636,8 @@ class Worker:
     async def _drain(self) -> Reason:
         """Let in-flight requests finish (bounded); prefill: wait for quiescence."""
         lc = self.lifecycle
-        if lc.hurried:
-            return Reason.SECOND_SIGNAL
+        if lc.hurry_reason is not None:
+            return lc.hurry_reason
         s = self.settings
         budget = s.drain_budget()
         inflight = len(self.endpoint.requests)
@@ -498,27 +645,21 @@ class Worker:
             logger.info(
                 "drain: waiting for %d in-flight request(s) (budget %.1fs)", inflight, budget
             )
-        hurry = asyncio.ensure_future(lc.wait_hurry())
-        join = asyncio.ensure_future(self.endpoint.join(budget))
+        with self._interruptible(by_hurry=True):
+            joined = await self.endpoint.join(budget)
+        if lc.hurry_reason is not None:
+            return lc.hurry_reason
+        if not joined:
+            logger.warning("drain: in-flight requests still running after %.1fs", budget)
+            return Reason.DRAIN_TIMEOUT
+        if self.config.disaggregation_mode is DisaggregationMode.PREFILL and not (
+            await self._wait_quiescent(time.monotonic() + s.prefill_drain_budget())
+        ):
+            return lc.hurry_reason or Reason.DRAIN_TIMEOUT
         try:
-            await asyncio.wait({join, hurry}, return_when=asyncio.FIRST_COMPLETED)
-            if not join.done():
-                return Reason.SECOND_SIGNAL
-            if not join.result():
-                logger.warning("drain: in-flight requests still running after %.1fs", budget)
-                return Reason.DRAIN_TIMEOUT
-            if self.config.disaggregation_mode is DisaggregationMode.PREFILL and not (
-                await self._wait_quiescent(time.monotonic() + s.prefill_drain_budget())
-            ):
-                return Reason.SECOND_SIGNAL if lc.hurried else Reason.DRAIN_TIMEOUT
-            try:
-                await self.engine.drain()
-            except Exception as exc:
-                logger.warning("engine.drain() raised: %r", exc)
-        finally:
-            for fut in (join, hurry):
-                fut.cancel()
-            await asyncio.gather(join, hurry, return_exceptions=True)
+            await self.engine.drain()
+        except Exception as exc:
+            logger.warning("engine.drain() raised: %r", exc)
         return Reason.DRAINED
 
     async def _wait_quiescent(self, deadline: float) -> bool:
@@ -548,15 +689,22 @@ class Worker:
                     "drain: timed out at %.1fs; proceeding with cleanup", time.monotonic() - start
                 )
                 return False
-            if not await self.lifecycle.sleep_unless_hurried(min(QUIESCENT_POLL, remaining)):
+            with self._interruptible(by_hurry=True) as poll:
+                await anyio.sleep(min(QUIESCENT_POLL, remaining))
+            if poll.cancelled_caught:
                 return False
 
     async def _cleanup(self) -> Reason:
-        if not self.lifecycle.claim_cleanup():
+        lc = self.lifecycle
+        if lc.cleanup_claimed:
+            # Interrupted by a cancellation: cleanup() runs at most once.
+            return Reason.CANCELLED
+        if not lc.claim_cleanup():
             return Reason.NOTHING_TO_CLEAN
         t0 = time.monotonic()
-        bound = HURRIED_CLEANUP_BOUND if self.lifecycle.hurried else None
+        bound = HURRIED_CLEANUP_BOUND if lc.hurried else None
         try:
+            # asyncio's scope, not anyio's: engine code sees plain asyncio.
             async with asyncio.timeout(bound):
                 await self.engine.cleanup()
             logger.info("Engine cleanup complete")
@@ -571,6 +719,7 @@ class Worker:
         return reason
 
     async def _teardown(self) -> None:
+        """The 3-phase teardown; every step is idempotent (a cancelled run resumes it)."""
         if self.monitor is not None:
             await self.monitor.stop()
         # Phase 1: streams still open end with an explicit error item.
@@ -580,9 +729,11 @@ class Worker:
         await self.endpoint.join(TEARDOWN_JOIN_BOUND)
         await self.endpoint.close()
         # Phase 3: close the listener, delete the card, release liveness.
+        await self._stop_service("request-plane sweeper")
         if self.server is not None:
             self.server.endpoints.clear()
             await self.server.close()
+        await self._stop_service("NATS subscription")
         if self.nats is not None:
             await self.nats.close()
         await self._unregister_instance()
@@ -593,38 +744,15 @@ class Worker:
             except DiscoveryError as exc:
                 logger.warning("model card delete failed error=%s", exc)
             self._mdc_key = None
+        await self._stop_service("discovery keepalive")
         if self._store is not None:
             try:
                 await self._store.close()
             except DiscoveryError as exc:
                 logger.warning("discovery close failed error=%s", exc)
-        if self.system_server is not None:
-            await self.system_server.close()
-
-    async def _finish_failed(self, reason: Reason) -> int:
-        lc = self.lifecycle
-        lc.to(State.CLEANING, reason)
-        reason = await self._cleanup()
-        lc.to(State.TEARDOWN, reason)
-        await self._teardown()
-        lc.to(State.STOPPED, Reason.TORN_DOWN, exit_code=EXIT_FAILURE)
-        return EXIT_FAILURE
+        await self._stop_service("system server")
 
 
-def _guard_engine_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
-    """Keep engines from replacing the worker's SIGTERM/SIGINT handling."""
-    original = loop.add_signal_handler
-    if getattr(original, "_dynamo_lite_guard", False):
-        return
-    owned = frozenset({signal.SIGINT, signal.SIGTERM})
-
-    def add_signal_handler(sig: int, callback: Callable[..., object], *args: Any) -> None:
-        if sig in owned:
-            logger.info(
-                "Suppressed engine loop.add_signal_handler(%s); the worker owns shutdown", sig
-            )
-            return None
-        return original(sig, callback, *args)
-
-    add_signal_handler._dynamo_lite_guard = True  # type: ignore[attr-defined]
-    loop.add_signal_handler = add_signal_handler  # type: ignore[method-assign,assignment]
+def _cancel_all(scopes: set[anyio.CancelScope]) -> None:
+    for scope in list(scopes):
+        scope.cancel()

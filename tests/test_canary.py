@@ -11,12 +11,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
 
 from dynamo_lite import WorkerConfig
 from dynamo_lite.canary import HealthMonitor, HealthSettings, probe_request, resolve_payload
 from dynamo_lite.config import parse_health_check_payload_cli as from_config
-from dynamo_lite.endpoint import EndpointStats
 from dynamo_lite.health_check import (
     HEALTH_CHECK_KEY,
     bos_token_id_or,
@@ -25,6 +25,7 @@ from dynamo_lite.health_check import (
     is_probe,
     parse_health_check_payload_cli,
 )
+from dynamo_lite.stats import EndpointStats
 from dynamo_lite.system_server import Health
 
 pytestmark = pytest.mark.anyio
@@ -241,8 +242,11 @@ async def test_probe_verdicts(mode: str, verdict: str) -> None:
 async def test_stop_cancels_a_probe_in_flight() -> None:
     engine = ProbeEngine("hang")
     m = monitor(engine, timeout=30)
-    m.start()
-    await asyncio.sleep(0.3)  # past the 0.1 s idle wait: a probe is hanging now
-    assert engine.requests
-    await asyncio.wait_for(m.stop(), 5)
+    async with anyio.create_task_group() as tg:
+        await m.start(tg)
+        with anyio.fail_after(5):
+            while not engine.requests:  # past the 0.1 s idle wait: a probe hangs now
+                await asyncio.sleep(0.02)
+        with anyio.fail_after(5):
+            await m.stop()
     assert engine.closed == 1

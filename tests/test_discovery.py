@@ -67,28 +67,30 @@ async def test_file_store_refreshes_mtime_and_restores_reaped_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(file_mod, "TOUCH_INTERVAL", 0.05)
-    store = FileStore(tmp_path)
-    await store.open()
-    key = "v1/instances/a/b/c/1"
-    await store.put(key, b"{}")
-    path = store.path_for(key)
-    old = time.time() - 100
-    os.utime(path, (old, old))
     import anyio
 
-    await anyio.sleep(0.2)
-    assert time.time() - path.stat().st_mtime < 5
+    store = FileStore(tmp_path)
     recovered: list[str] = []
 
     async def on_recovered(reason: str) -> None:
         recovered.append(reason)
 
     store.on_recovered = on_recovered
-    path.unlink()
-    await anyio.sleep(0.2)
-    assert path.read_bytes() == b"{}"
-    assert recovered
-    await store.close()
+    key = "v1/instances/a/b/c/1"
+    async with store.alive():
+        await store.put(key, b"{}")
+        path = store.path_for(key)
+        old = time.time() - 100
+        os.utime(path, (old, old))
+        with anyio.fail_after(5):
+            while time.time() - path.stat().st_mtime > 5:
+                await anyio.sleep(0.02)
+        path.unlink()
+        with anyio.fail_after(5):
+            while not recovered:
+                await anyio.sleep(0.02)
+        assert path.read_bytes() == b"{}"
+    assert not path.exists()  # leaving alive() closed the store
 
 
 @pytest.mark.anyio
@@ -141,25 +143,24 @@ async def test_etcd_keepalive_and_recovery_after_empty_restart(etcd: EtcdServer)
     import anyio
 
     store = EtcdStore([etcd.endpoint], ttl=2)
-    lease = await store.open()
-    await store.put("v1/instances/a/b/c/" + f"{lease:x}", b"x")
-    await anyio.sleep(2.5)  # longer than the TTL: only keepalives keep it
-    assert store.renewals >= 1
-    assert await store.list("v1/instances/")
     recovered: list[str] = []
 
     async def on_recovered(reason: str) -> None:
         recovered.append(reason)
 
-    store.on_recovered = on_recovered
-    etcd.restart(keep_data=False)
-    with anyio.fail_after(15):
-        while not recovered:
-            await anyio.sleep(0.1)
-    # Same lease id, same records.
-    assert store.instance_id == lease
-    assert await store.list("v1/instances/") == {"v1/instances/a/b/c/" + f"{lease:x}": b"x"}
-    await store.close()
+    async with store.alive() as lease:
+        await store.put("v1/instances/a/b/c/" + f"{lease:x}", b"x")
+        await anyio.sleep(2.5)  # longer than the TTL: only keepalives keep it
+        assert store.renewals >= 1
+        assert await store.list("v1/instances/")
+        store.on_recovered = on_recovered
+        etcd.restart(keep_data=False)
+        with anyio.fail_after(15):
+            while not recovered:
+                await anyio.sleep(0.1)
+        # Same lease id, same records.
+        assert store.instance_id == lease
+        assert await store.list("v1/instances/") == {"v1/instances/a/b/c/" + f"{lease:x}": b"x"}
 
 
 @pytest.mark.anyio

@@ -38,6 +38,7 @@ from dynamo_lite.discovery import (
     EtcdLeaseStore,
     EtcdStore,
     FileStore,
+    KvStore,
     TlsConfig,
     grpc_available,
     keys,
@@ -81,11 +82,28 @@ def make_store(impl: str, endpoints: list[str], **kwargs: Any) -> EtcdLeaseStore
 
 @asynccontextmanager
 async def closing_store(store: EtcdLeaseStore) -> AsyncIterator[EtcdLeaseStore]:
-    try:
-        yield store
-    finally:
-        with anyio.fail_after(10):
-            await store.close()
+    """Run the store's keepalive once the test has opened it; close it on exit.
+
+    This is the owner's half of the store contract, as the worker does it.
+    """
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_keep_alive_once_open, store)
+        try:
+            yield store
+        finally:
+            tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True), anyio.fail_after(10):
+                await store.close()
+
+
+async def _keep_alive_once_open(store: KvStore) -> None:
+    while True:
+        try:
+            store.instance_id  # noqa: B018  (raises until open() succeeded)
+            break
+        except DiscoveryError:
+            await anyio.sleep(0.01)
+    await store.keep_alive()
 
 
 def unique_prefix() -> str:
@@ -631,12 +649,11 @@ async def test_file_reaping_is_opt_in_and_only_in_buckets_read(tmp_path: Path) -
 
     # The same pass runs on the touch loop (here with a short TTL).
     fast = FileStore(tmp_path, reap=True, ttl=0.6, touch_interval=0.1)
-    await fast.open()
-    await fast.list(f"{keys.INSTANCES}/")
-    later = _stale_file(tmp_path, keys.INSTANCES, "ns/c/e/dead3", age=0)
-    await eventually(lambda: not later.exists(), 3, "reaped by the touch loop")
-    assert dead_source.exists()
-    await fast.close()
+    async with fast.alive():
+        await fast.list(f"{keys.INSTANCES}/")
+        later = _stale_file(tmp_path, keys.INSTANCES, "ns/c/e/dead3", age=0)
+        await eventually(lambda: not later.exists(), 3, "reaped by the touch loop")
+        assert dead_source.exists()
 
 
 _EXIT_SCRIPT = """

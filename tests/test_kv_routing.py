@@ -554,3 +554,66 @@ def test_disable_kv_routing_skips_the_kv_hooks(
     names = {e["event"] for e in read_events(events)}
     kv_hooks = {"kv_event_sources", "push_source_on_ready", "attach_snapshot_publisher"}
     assert (names & kv_hooks) == (set() if disabled else kv_hooks)
+
+
+@pytest.mark.anyio
+async def test_a_kv_routing_worker_leaves_nothing_behind(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KV sockets, relay and sender tasks, records: all gone after the worker stops."""
+    import os
+
+    import dynamo_lite
+    from dynamo_lite import PushSource, RuntimeSettings, WorkerConfig, ZmqSource
+    from dynamo_lite.discovery import FileStore
+    from tests.support.inproc import ScriptedEngine
+
+    monkeypatch.setenv("DYN_EVENT_PLANE_HOST", "127.0.0.1")
+    engine_pub = ZmqPubServer("127.0.0.1")
+    await engine_pub.start()
+    got: list[Any] = []
+
+    class KvEngine(ScriptedEngine):  # type: ignore[misc]
+        async def kv_event_sources(self) -> list[Any]:
+            return [
+                PushSource(on_ready=got.append, dp_rank=0),
+                ZmqSource(endpoint=f"tcp://127.0.0.1:{engine_pub.port}", dp_rank=1),
+            ]
+
+        def component_metrics_dp_ranks(self) -> list[int]:
+            return [0]
+
+    def fds() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    async def one(n: int) -> None:
+        root = tmp_path / f"kv{n}"
+        engine = KvEngine({})
+        engine.model = str(tiny_model)
+        config = WorkerConfig(
+            namespace="dynamo", component="kv", model_name=str(tiny_model), discovery_backend="file"
+        )
+        async with dynamo_lite.serve(
+            engine,
+            config,
+            settings=RuntimeSettings(tcp_host="127.0.0.1", grace_period=0.0),
+            store=FileStore(root),
+            handle_signals=False,
+        ) as worker:
+            assert worker.kv.enabled and len(worker.kv.sources) == 2
+            got[-1].publish_stored(list(range(16)), [16], [1])
+            while not any(
+                v["topic"] == "kv-events" for v in _records(root).values() if "topic" in v
+            ):
+                await asyncio.sleep(0.01)
+        assert [p for p in root.rglob("*") if p.is_file()] == []
+
+    await one(0)
+    await asyncio.sleep(0.05)
+    tasks_before, fds_before = asyncio.all_tasks(), fds()
+    await one(1)
+    await asyncio.sleep(0.05)
+    left = {t for t in asyncio.all_tasks() - tasks_before if not t.done()}
+    assert not left, left
+    assert fds() - fds_before == set()
+    await engine_pub.close()

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from dynamo_lite.lifecycle import Lifecycle, Reason, State
+from dynamo_lite.lifecycle import Lifecycle, Reason
 from dynamo_lite.logsetup import TRACE, configure_logging, parse_dyn_log
 
 
@@ -67,7 +67,7 @@ def emit_sample(env: dict[str, str]) -> list[str]:
     configure_logging(env, buf)
     logging.getLogger("dynamo_lite.worker").info("Serving %s on %s", "m", "ns.c.generate")
     logging.getLogger("dynamo_lite.endpoint").debug("per request", extra={"request_id": "r1"})
-    Lifecycle().to(State.CONNECTING, Reason.RUN)
+    Lifecycle().handle(Reason.RUN)
     try:
         raise ValueError("boom")
     except ValueError:

@@ -27,16 +27,14 @@ from dynamo_lite import (
 )
 from dynamo_lite.client import Client
 from dynamo_lite.discovery import MemoryStore
-from dynamo_lite.endpoint import EndpointStats
 from dynamo_lite.metrics import (
-    REQUEST_DURATION_BUCKETS,
     EngineMetrics,
-    Histogram,
     WorkerMetrics,
     gather_with_labels,
     register_engine_registry,
     register_global_registry,
 )
+from dynamo_lite.stats import REQUEST_DURATION_BUCKETS, EndpointStats, Histogram
 from dynamo_lite.system_server import Health
 from dynamo_lite.tiny_model import write_tiny_model
 

@@ -10,7 +10,14 @@ boundary so the worker handles one error type.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+import anyio.abc
+
+logger = logging.getLogger(__name__)
 
 LeaseCallback = Callable[[str], Awaitable[None]]
 
@@ -44,7 +51,43 @@ class KvStore(abc.ABC):
 
     @abc.abstractmethod
     async def open(self) -> int:
-        """Connect, obtain the instance id, start keeping records alive."""
+        """Connect and obtain the instance id (idempotent). Starts no task:
+        keeping the records alive is :meth:`keep_alive`, run by the owner."""
+
+    async def keep_alive(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Keep this instance's records alive until cancelled (a lease keepalive,
+        file touches). The default has nothing to do and returns at once."""
+        task_status.started()
+
+    @contextlib.asynccontextmanager
+    async def alive(self) -> AsyncIterator[int]:
+        """``open()``, keep alive in a task group of its own, ``close()`` on exit.
+
+        For using a store on its own; the worker runs :meth:`keep_alive` in
+        its root task group instead, to stop it in teardown order.
+        """
+        instance_id = await self.open()
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.keep_alive)
+                try:
+                    yield instance_id
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+
+    async def _notify(self, callback: LeaseCallback | None, reason: str) -> None:
+        """Tell the owner about liveness, inline: a failing callback is logged."""
+        if callback is None:
+            return
+        try:
+            await callback(reason)
+        except Exception:
+            logger.exception("discovery liveness callback failed")
 
     @abc.abstractmethod
     async def put(self, key: str, value: bytes) -> None:
@@ -60,4 +103,5 @@ class KvStore(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Stop keepalive and remove every record this store still owns."""
+        """Remove every record this store still owns and release liveness
+        (revoke the lease, delete the files). Idempotent."""

@@ -5,7 +5,8 @@ every record is put on it, so a worker that dies silently disappears from
 routing one TTL later; :meth:`close` revokes the lease, removing every record
 at once.
 
-A keepalive task renews the lease every TTL/2. While etcd cannot be reached
+:meth:`keep_alive`, run by the store's owner (the worker's task group),
+renews the lease every TTL/2. While etcd cannot be reached
 it probes about once a second; reaching it again is enough when the lease
 survived (etcd restarted with its data restores leases with fresh TTLs). When
 etcd answers that the lease is gone (it expired while we were cut off, or etcd
@@ -14,8 +15,9 @@ again and re-puts every record it owns: routing resumes under the same
 instance id and the worker never restarts (``on_recovered`` is told). With
 ``recover=False`` it calls ``on_lost`` instead, once the lease is gone or has
 gone unrenewed for a whole TTL ("Unable to maintain lease") — the stock
-behaviour is to exit then. Callbacks run as their own tasks, so a callback
-that closes the store does not cancel itself.
+behaviour is to exit then. Callbacks are awaited inline by the keepalive; a
+callback that wants the store closed asks its owner, which stops the
+keepalive first.
 
 Subclasses supply single-endpoint transport operations (``_t_*``) that raise
 only :class:`DiscoveryError` subclasses. This class adds, uniformly: endpoint
@@ -37,7 +39,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from .base import DiscoveryError, DiscoveryUnavailable, KvStore, LeaseCallback
+import anyio
+import anyio.abc
+
+from .base import DiscoveryError, DiscoveryUnavailable, KvStore
 from .tls import TlsConfig
 
 logger = logging.getLogger("dynamo_lite.discovery.etcd")
@@ -110,8 +115,6 @@ class EtcdLeaseStore(KvStore):
         # Serialises record writes with a restore, so a restore never
         # resurrects a record deleted meanwhile.
         self._records_lock = asyncio.Lock()
-        self._keepalive_task: asyncio.Task[None] | None = None
-        self._callbacks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._last_renewal = 0.0
         #: Counters for tests and metrics.
@@ -188,14 +191,12 @@ class EtcdLeaseStore(KvStore):
                 delay = min(delay * 2, 5.0)
         self._lease = lease
         self._last_renewal = time.monotonic()
-        self._keepalive_task = asyncio.create_task(
-            self._keepalive_loop(), name=f"etcd-keepalive-{lease:x}"
-        )
         logger.debug("etcd lease %x granted (ttl %ds)", lease, self.ttl)
         return lease
 
     async def put(self, key: str, value: bytes) -> None:
         lease = self.instance_id
+        restored = False
         async with self._records_lock:
             try:
                 await self._call(lambda ep: self._t_put(ep, key, value, lease))
@@ -205,8 +206,10 @@ class EtcdLeaseStore(KvStore):
                 # Found out before the keepalive did: restore now, then write.
                 await self._restore_locked()
                 await self._call(lambda ep: self._t_put(ep, key, value, lease))
-                self._recovered("etcd lease re-granted")
+                restored = True
             self._owned[key] = value
+        if restored:
+            await self._notify(self.on_recovered, "etcd lease re-granted")
 
     async def delete(self, key: str) -> None:
         async with self._records_lock:
@@ -219,11 +222,6 @@ class EtcdLeaseStore(KvStore):
     async def close(self) -> None:
         if self._closed:
             return
-        task, self._keepalive_task = self._keepalive_task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         try:
             if self._lease is not None:
                 lease = self._lease
@@ -318,14 +316,21 @@ class EtcdLeaseStore(KvStore):
     def _keepalive_timeout(self) -> float:
         return min(self.request_timeout, max(self.ttl / 2, 1.0))
 
-    async def _keepalive_loop(self) -> None:
+    async def keep_alive(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Renew the lease every TTL/2 until cancelled; re-grant it when lost.
+
+        Returns after telling ``on_lost`` when recovery is off and the lease is gone.
+        """
+        task_status.started()
         interval = self.ttl / 2
         # While failing, probe often: recovery should follow etcd's return quickly.
         retry = min(1.0, interval)
         delay = interval
         unreachable_reported = False
         while True:
-            await asyncio.sleep(delay)
+            await anyio.sleep(delay)
             lease = self.instance_id
             try:
                 remaining = await self._call(
@@ -343,7 +348,7 @@ class EtcdLeaseStore(KvStore):
                 self.losses += 1
                 logger.error("Unable to maintain lease %x: %s", lease, exc)
                 if not self.recover:
-                    self._fire(self.on_lost, f"lease not renewed for {self.ttl}s")
+                    await self._notify(self.on_lost, f"lease not renewed for {self.ttl}s")
                     return
                 continue
             if remaining > 0:
@@ -358,7 +363,7 @@ class EtcdLeaseStore(KvStore):
                 self.losses += 1
             logger.warning("etcd lease %x lost", lease)
             if not self.recover:
-                self._fire(self.on_lost, "lease lost")
+                await self._notify(self.on_lost, "lease lost")
                 return
             detected = time.monotonic()
             try:
@@ -375,7 +380,7 @@ class EtcdLeaseStore(KvStore):
                 continue
             unreachable_reported = False
             delay = interval
-            self._recovered("etcd lease re-granted")
+            await self._notify(self.on_recovered, "etcd lease re-granted")
 
     async def _restore_locked(self) -> None:
         """Re-grant the same lease id and re-put every owned record."""
@@ -394,22 +399,3 @@ class EtcdLeaseStore(KvStore):
         self._last_renewal = time.monotonic()
         self.recoveries += 1
         logger.info("etcd lease %x re-granted; %d records restored", lease, len(self._owned))
-
-    def _recovered(self, reason: str) -> None:
-        self._fire(self.on_recovered, reason)
-
-    def _fire(self, callback: LeaseCallback | None, reason: str) -> None:
-        if callback is None:
-            return
-
-        async def run() -> None:
-            await callback(reason)
-
-        task = asyncio.create_task(run(), name="etcd-lease-callback")
-        self._callbacks.add(task)
-        task.add_done_callback(self._callback_done)
-
-    def _callback_done(self, task: asyncio.Task[None]) -> None:
-        self._callbacks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("etcd lease callback failed", exc_info=task.exception())

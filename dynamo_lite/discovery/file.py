@@ -21,7 +21,6 @@ process's files to the reapers.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import logging
@@ -29,6 +28,9 @@ import os
 import secrets
 import time
 from pathlib import Path
+
+import anyio
+import anyio.abc
 
 from . import keys
 from .base import DiscoveryError, KvStore
@@ -68,7 +70,6 @@ class FileStore(KvStore):
         self.touch_interval = touch_interval
         self._owned: dict[str, bytes] = {}
         self._read_buckets: set[str] = set()
-        self._touch_task: asyncio.Task[None] | None = None
         self.reaped = 0
 
     @property
@@ -88,8 +89,6 @@ class FileStore(KvStore):
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DiscoveryError(f"cannot create file store root {self.root}: {exc}") from exc
-        if self._touch_task is None:
-            self._touch_task = asyncio.create_task(self._touch_loop(), name="file-kv-touch")
         _OPEN_STORES.add(self)
         return self._id
 
@@ -206,17 +205,18 @@ class FileStore(KvStore):
                 logger.warning("file store: cannot refresh %s: %s", key, exc)
         return recovered
 
-    async def _touch_loop(self) -> None:
+    async def keep_alive(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Touch our files every ``touch_interval`` (and reap, if asked) until cancelled."""
+        task_status.started()
         while True:
-            await asyncio.sleep(self.touch_interval)
+            await anyio.sleep(self.touch_interval)
             recovered = self.touch_once()
             if self.reap:
                 self.reap_once()
-            if recovered and self.on_recovered is not None:
-                try:
-                    await self.on_recovered("file records restored after expiry")
-                except Exception:
-                    logger.exception("file store: on_recovered failed")
+            if recovered:
+                await self._notify(self.on_recovered, "file records restored after expiry")
 
     def remove_owned_files(self) -> None:
         """Synchronously delete every file this store wrote (used at exit)."""
@@ -226,10 +226,5 @@ class FileStore(KvStore):
                 self.path_for(key).unlink()
 
     async def close(self) -> None:
-        task, self._touch_task = self._touch_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         self.remove_owned_files()
         _OPEN_STORES.discard(self)

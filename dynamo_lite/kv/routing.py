@@ -143,8 +143,8 @@ class KvRouting:
         for src in self.sources:
             if src.query_path is not None and worker.server is not None:
                 worker.server.endpoints.pop(src.query_path, None)
-            if src.nats_subject is not None and worker.nats is not None:
-                await worker.nats.stop_serving(src.nats_subject)
+            if src.nats_subject is not None:
+                await worker._stop_service(f"KV query {src.nats_subject}")
             await src.query.close()
         for ch in self.channels:
             await ch.transport.close()
@@ -251,7 +251,10 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
                 src.nats_subject = subject_for(
                     qep.namespace, qep.component, qep.endpoint, instance_id
                 )
-                await worker.nats.serve(src.nats_subject, query)
+                # A NATS subscription is a service of the worker's task group.
+                await worker._start_service(
+                    f"KV query {src.nats_subject}", worker.nats.serve, src.nats_subject, query
+                )
                 transport = {"nats_tcp": src.nats_subject}
             else:
                 src.query_path = qep.endpoint_path(instance_id)

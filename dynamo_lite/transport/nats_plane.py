@@ -31,6 +31,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import anyio
+import anyio.abc
+
 logger = logging.getLogger(__name__)
 
 QUEUE_GROUP = "q"
@@ -148,7 +151,6 @@ class NatsRequestPlane:
     def __init__(self, settings: NatsSettings | None = None) -> None:
         self.settings = settings or NatsSettings.from_env()
         self._nc: Any = None
-        self._subs: dict[str, Any] = {}
 
     async def connect(self) -> None:
         try:
@@ -173,7 +175,19 @@ class NatsRequestPlane:
                 f"cannot connect to NATS at {', '.join(self.settings.servers)}: {exc!r}"
             ) from exc
 
-    async def serve(self, subject: str, endpoint: Submitter) -> None:
+    async def serve(
+        self,
+        subject: str,
+        endpoint: Submitter,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Answer requests on ``subject`` until cancelled, then unsubscribe, so the
+        queue group routes elsewhere (or the frontend sees no responders at once).
+
+        nats-py calls ``handle`` from its own per-subscription task; this
+        service owns the subscription's lifetime.
+        """
         if self._nc is None:
             raise NatsError("NATS is not connected")
 
@@ -183,28 +197,27 @@ class NatsRequestPlane:
             if msg.reply:
                 await msg.respond(b"" if rejection is None else rejection.encode())
 
-        self._subs[subject] = await self._nc.subscribe(subject, queue=QUEUE_GROUP, cb=handle)
-        await self._nc.flush(timeout=5)
-
-    async def stop_serving(self, subject: str) -> None:
-        """Unsubscribe, so the queue group routes elsewhere (or the frontend
-        sees no responders at once)."""
-        sub = self._subs.pop(subject, None)
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:
-                logger.debug("NATS unsubscribe failed: %r", exc)
+        sub = await self._nc.subscribe(subject, queue=QUEUE_GROUP, cb=handle)
+        try:
+            await self._nc.flush(timeout=5)
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                try:
+                    await sub.unsubscribe()
+                except Exception as exc:
+                    logger.debug("NATS unsubscribe failed: %r", exc)
 
     async def close(self) -> None:
-        for subject in list(self._subs):
-            await self.stop_serving(subject)
+        """Close the connection (bounded, shielded); subscriptions end with it."""
         nc, self._nc = self._nc, None
         if nc is not None:
-            try:
-                await asyncio.wait_for(nc.close(), 5)
-            except Exception as exc:
-                logger.debug("NATS close failed: %r", exc)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+                try:
+                    await nc.close()
+                except Exception as exc:
+                    logger.debug("NATS close failed: %r", exc)
 
 
 def _has_nkeys() -> bool:

@@ -6,16 +6,23 @@ synchronously, inside ``data_received``, and writes the reply at once: the
 ack must reach the frontend within ``DYN_TCP_REQUEST_TIMEOUT`` (5 s) and in
 frame order, so nothing that can block runs before it. The request itself
 then runs as a task owned by the endpoint.
+
+Ownership: :meth:`RequestPlaneServer.start` binds the listener (asyncio owns
+the per-connection protocols, which hold no tasks); :meth:`~RequestPlaneServer.sweep`
+is the one background loop, run by the worker as a service in its task group;
+:meth:`~RequestPlaneServer.close` closes the listener and every connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
 from typing import Protocol, cast
+
+import anyio
+import anyio.abc
 
 from ..protocol import request_plane as rp
 from ..protocol.errors import FrameTooLarge
@@ -117,7 +124,6 @@ class RequestPlaneServer:
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
-        self._sweeper: asyncio.Task[None] | None = None
         self.ssl_context = ssl_context
         self.ssl_handshake_timeout = ssl_handshake_timeout
         self.host = host
@@ -134,6 +140,7 @@ class RequestPlaneServer:
         return endpoint.admit(frame)
 
     async def start(self, bind_host: str | None = None) -> int:
+        """Bind the listener; returns the port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self),
@@ -145,14 +152,19 @@ class RequestPlaneServer:
         )
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
-        self._sweeper = asyncio.create_task(self._sweep(), name="request-plane-sweeper")
         return self.port
 
-    async def _sweep(self) -> None:
-        """Close connections that trickle a frame too slowly or sit idle too long."""
+    async def sweep(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Close connections that trickle a frame too slowly or sit idle too long.
+
+        Runs until cancelled.
+        """
         interval = max(0.05, min(1.0, self.frame_timeout / 4, self.idle_timeout / 4))
+        task_status.started()
         while True:
-            await asyncio.sleep(interval)
+            await anyio.sleep(interval)
             now = time.monotonic()
             for conn in list(self.connections):
                 partial = conn.partial_since
@@ -168,18 +180,14 @@ class RequestPlaneServer:
                     conn.close()
 
     async def close(self) -> None:
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+        """Close the listener and every connection (bounded, shielded)."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
         for conn in list(self.connections):
             conn.close()
         if server is not None:
-            try:
-                await asyncio.wait_for(server.wait_closed(), 2.0)
-            except TimeoutError:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0) as scope:
+                await server.wait_closed()
+            if scope.cancelled_caught:
                 logger.debug("request-plane server close timed out")

@@ -1,6 +1,6 @@
 """A one-line pytest test for an engine::
 
-    from conformance import conformance_test
+    from dynamo_lite.conformance import conformance_test
     from my_engine import MyEngine
     test_my_engine = conformance_test(lambda: MyEngine(...), strict=True)
 

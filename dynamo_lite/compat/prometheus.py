@@ -1,0 +1,7 @@
+"""``dynamo.common.utils.prometheus``: the registry helpers engines call."""
+
+from __future__ import annotations
+
+from ..metrics import gather_with_labels
+
+__all__ = ["gather_with_labels"]

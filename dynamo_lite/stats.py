@@ -1,0 +1,116 @@
+"""Per-request statistics: plain counters and cheap histograms, no dependencies.
+
+The request path only touches what is here: :class:`EndpointStats` counters
+(integer adds) and :class:`Histogram` observations (one bisect, two adds).
+:mod:`dynamo_lite.metrics` reads them at scrape time and is the only module
+that talks to prometheus_client; the stall detector reads
+:class:`RequestProgress`. A leaf module: it imports nothing from the package,
+so nothing on the request path depends on the metrics exporter.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "FIRST_RESPONSE_BUCKETS",
+    "NETWORK_TRANSIT_BUCKETS",
+    "PERMIT_WAIT_BUCKETS",
+    "REQUEST_DURATION_BUCKETS",
+    "EndpointStats",
+    "Histogram",
+    "RequestProgress",
+]
+
+REQUEST_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600,
+)  # fmt: skip
+NETWORK_TRANSIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
+PERMIT_WAIT_BUCKETS = (0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60)
+FIRST_RESPONSE_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+)  # fmt: skip
+
+
+def _le(bound: float) -> str:
+    """Bucket bounds written as stock writes them: ``1``, ``2.5``, ``0.0001``."""
+    return str(int(bound)) if bound == int(bound) else repr(float(bound))
+
+
+class Histogram:
+    """A fixed-bucket histogram that is cheap to observe and rendered at scrape time."""
+
+    __slots__ = ("bounds", "count", "counts", "labels", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        self.labels = (*(_le(b) for b in bounds), "+Inf")
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        # bisect_left finds the first bound >= value, i.e. the "le" bucket.
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        total = 0
+        for label, n in zip(self.labels, self.counts, strict=True):
+            total += n
+            out.append((label, float(total)))
+        return out
+
+
+def request_duration_histogram() -> Histogram:
+    return Histogram(REQUEST_DURATION_BUCKETS)
+
+
+def network_transit_histogram() -> Histogram:
+    return Histogram(NETWORK_TRANSIT_BUCKETS)
+
+
+def first_response_histogram() -> Histogram:
+    return Histogram(FIRST_RESPONSE_BUCKETS)
+
+
+@dataclass
+class EndpointStats:
+    requests: int = 0
+    inflight: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    aborts: int = 0
+    errors: int = 0
+    cut: int = 0
+    rejected: int = 0
+    dropped_chunks: int = 0
+    request_bytes: int = 0
+    response_bytes: int = 0
+    #: Refused with "Server overloaded" (a subset of ``rejected``).
+    overloaded: int = 0
+    #: Per-request histograms, rendered at scrape time by :mod:`dynamo_lite.metrics`.
+    duration: Histogram = field(default_factory=request_duration_histogram)
+    transit: Histogram = field(default_factory=network_transit_histogram)
+    first_response: Histogram = field(default_factory=first_response_histogram)
+
+
+class RequestProgress(Protocol):
+    """What the stall detector may read of one in-flight request."""
+
+    @property
+    def cancelled(self) -> bool:
+        """Cancelled by the frontend or cut by shutdown: no longer expected to progress."""
+
+    @property
+    def terminal(self) -> bool:
+        """The engine already yielded its terminal chunk."""
+
+    @property
+    def chunks(self) -> int:
+        """Chunks yielded so far; -1 before the engine's stream started."""

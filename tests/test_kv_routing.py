@@ -497,15 +497,18 @@ def test_relay_converts_tagged_arrays_and_maps() -> None:
         ]  # fmt: skip
         assert apply_batch(pub, batch, 4) == 4
         with pytest.raises(ValueError):
-            apply_batch(pub, [1.0, [["Nonsense"]]], 4)
+            apply_batch(pub, [1.0, [["Nonsense"]], 0], 4)
+        with pytest.raises(ValueError):
+            apply_batch(pub, [1.0, []], 4)  # no dp_rank: refused, as stock
         pub.flush()
         return out
 
     revs = asyncio.run(main())
     datas = [r["event"]["data"] for r in revs]
     first = datas[0]["stored"]
-    assert [b["block_hash"] for b in first["blocks"]] == [10, 2**64 - 11]
-    assert first["blocks"][1]["tokens_hash"] == block_tokens_hash([4, 5, 6])
+    # 7 tokens make one full block of 4: the short tail is dropped, as stock.
+    assert [b["block_hash"] for b in first["blocks"]] == [10]
+    assert first["blocks"][0]["tokens_hash"] == block_tokens_hash([0, 1, 2, 3])
     assert datas[1]["stored"]["parent_hash"] == 2**64 - 11
     assert datas[2] == {"removed": {"block_hashes": [12]}}
     assert datas[3] == kve.CLEARED_DATA

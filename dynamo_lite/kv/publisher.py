@@ -170,6 +170,11 @@ class KvEventPublisher:
     def publish_cleared(self) -> None:
         self._enqueue([kve.CLEARED_DATA])
 
+    def publish_events(self, datas: Sequence[Any]) -> None:
+        """Already-built event ``data`` values, published as one message (the relay)."""
+        if datas:
+            self._enqueue(list(datas))
+
     def publish_batch(self, events: Sequence[Mapping[str, Any]]) -> None:
         """An ordered list of ``{"type": "stored", …}`` / ``{"type": "removed", …}``
         dicts, validated as a whole before any is queued."""

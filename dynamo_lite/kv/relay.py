@@ -13,8 +13,10 @@ source's :class:`~dynamo_lite.kv.publisher.KvEventPublisher` and reconnects
 with a backoff if the engine's socket goes away. Undecodable messages are
 dropped and counted; they never stop the relay.
 
-The input layout follows Dynamo's documentation of its relay; it was not
-captured from the stock binary.
+Checked against the stock 1.6.1 relay fed the same batches
+(``tests/vectors/kv/relay_inputs.json`` → ``relay_outputs.json``): one
+message per batch, events numbered on, hashes as u64, short blocks dropped,
+map-form events accepted, batches without ``dp_rank`` refused.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from typing import Any
 
 import msgpack
 
+from ..protocol import kv_events as kve
 from ..protocol import zmtp
 from ..protocol.errors import ProtocolError
 from .publisher import KvEventPublisher
+from .xxh3 import block_tokens_hash
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ZmqRelay", "apply_batch", "parse_endpoint"]
+__all__ = ["ZmqRelay", "apply_batch", "batch_events", "parse_endpoint"]
 
 _STORED_FIELDS = ("block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_id")
 
@@ -61,31 +65,49 @@ def _as_map(event: Any) -> Mapping[str, Any]:
     raise ValueError("an event is a tagged array or a map with a type")
 
 
-def apply_batch(publisher: KvEventPublisher, batch: Any, block_size: int) -> int:
-    """Publish one decoded event batch; returns how many events it carried."""
-    if not isinstance(batch, Sequence) or len(batch) < 2 or not isinstance(batch[1], Sequence):
-        raise ValueError("an event batch is [ts, [events], dp_rank?]")
-    events = batch[1]
-    for raw in events:
+def _stored(ev: Mapping[str, Any], block_size: int) -> Any:
+    hashes = [int(h) for h in ev.get("block_hashes") or []]
+    tokens = [int(t) for t in ev.get("token_ids") or []]
+    size = int(ev.get("block_size") or block_size)
+    # As stock: only full blocks are announced (a short tail is dropped with a
+    # warning there), each paired with the next hash.
+    full = min(len(hashes), len(tokens) // size) if size > 0 else 0
+    blocks = [
+        kve.stored_block(hashes[i], block_tokens_hash(tokens[i * size : (i + 1) * size]))
+        for i in range(full)
+    ]
+    parent = ev.get("parent_block_hash")
+    return kve.stored_data(blocks, None if parent is None else int(parent))
+
+
+def batch_events(batch: Any, block_size: int) -> list[Any]:
+    """The event ``data`` values of one decoded batch ``[ts, [events], dp_rank]``.
+
+    The 1.6.1 relay refuses a batch without its third element ("failed to
+    decode KV event batch"), and so does this one.
+    """
+    if not isinstance(batch, Sequence) or len(batch) != 3 or not isinstance(batch[1], Sequence):
+        raise ValueError("an event batch is [ts, [events], dp_rank]")
+    datas: list[Any] = []
+    for raw in batch[1]:
         ev = _as_map(raw)
         kind = ev.get("type")
         if kind == "BlockStored":
-            hashes = [int(h) for h in ev.get("block_hashes") or []]
-            tokens = [int(t) for t in ev.get("token_ids") or []]
-            size = int(ev.get("block_size") or block_size)
-            sizes = [size] * len(hashes)
-            if hashes:
-                # The last block may be partial.
-                sizes[-1] = len(tokens) - size * (len(hashes) - 1)
-            parent = ev.get("parent_block_hash")
-            publisher.publish_stored(tokens, sizes, hashes, None if parent is None else int(parent))
+            datas.append(_stored(ev, block_size))
         elif kind == "BlockRemoved":
-            publisher.publish_removed([int(h) for h in ev.get("block_hashes") or []])
+            datas.append(kve.removed_data([int(h) for h in ev.get("block_hashes") or []]))
         elif kind == "AllBlocksCleared":
-            publisher.publish_cleared()
+            datas.append(kve.CLEARED_DATA)
         else:
             raise ValueError(f"unknown KV event type {kind!r}")
-    return len(events)
+    return datas
+
+
+def apply_batch(publisher: KvEventPublisher, batch: Any, block_size: int) -> int:
+    """Publish one batch as one message (as stock); returns how many events it carried."""
+    datas = batch_events(batch, block_size)
+    publisher.publish_events(datas)
+    return len(datas)
 
 
 class ZmqRelay:

@@ -3,8 +3,8 @@
 Theory of operation. An engine receives a :class:`KvEventPublisher` through
 ``PushSource.on_ready`` and calls ``publish_stored`` / ``publish_removed`` /
 ``publish_batch`` from whatever thread it likes (the stock sample uses its
-own thread). Each call is validated and its blocks hashed in the caller's
-thread, then appended to a bounded queue; a full queue drops the call and
+own thread). Each call's blocks are hashed in the caller's thread (with the
+1.6.1 publisher's rules: see ``_stored_data``), then appended to a bounded queue; a full queue drops the call and
 counts it (the engine is never blocked). The worker's event loop drains the
 queue, gives every event the next ``event_id`` (from 1, so there are no gaps
 even when calls were dropped), records it in the :class:`LocalIndexer` and
@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..protocol import kv_events as kve
-from .xxh3 import block_tokens_hash
+from .xxh3 import BLOCK_HASH_SEED, block_hash_seed, block_tokens_hash
 
 logger = logging.getLogger(__name__)
 
@@ -47,28 +47,43 @@ def _stored_data(
     num_block_tokens: Sequence[int],
     block_hashes: Sequence[int],
     parent_hash: int | None,
-    block_mm_infos: Sequence[Any] | None,
+    kv_block_size: int,
+    seed: int = BLOCK_HASH_SEED,
 ) -> Any:
-    if len(num_block_tokens) != len(block_hashes):
-        raise ValueError(
-            f"num_block_tokens has {len(num_block_tokens)} entries but block_hashes "
-            f"{len(block_hashes)}"
-        )
-    if sum(num_block_tokens) != len(token_ids):
-        raise ValueError(
-            f"num_block_tokens add up to {sum(num_block_tokens)} but token_ids has "
-            f"{len(token_ids)} tokens"
-        )
-    if block_mm_infos is not None and len(block_mm_infos) != len(block_hashes):
-        raise ValueError("block_mm_infos must have one entry per block")
+    """One ``stored`` event, as the 1.6.1 publisher builds it (captured in
+    ``tests/vectors/kv/push_*``): blocks pair ``num_block_tokens`` with
+    ``block_hashes``; a block whose size is not ``kv_block_size``, or that runs
+    past the tokens, is dropped (the event stays, maybe with no blocks);
+    tokens past the last block are ignored; nothing raises."""
     blocks = []
     pos = 0
-    for i, (n, h) in enumerate(zip(num_block_tokens, block_hashes, strict=True)):
+    for n, h in zip(num_block_tokens, block_hashes, strict=False):
         tokens = token_ids[pos : pos + n]
         pos += n
-        mm = None if block_mm_infos is None else block_mm_infos[i]
-        blocks.append(kve.stored_block(h, block_tokens_hash(tokens), mm))
+        if n != kv_block_size or len(tokens) != n:
+            continue
+        blocks.append(kve.stored_block(h, block_tokens_hash(tokens, seed)))
     return kve.stored_data(blocks, parent_hash)
+
+
+def _coalesce(datas: list[Any]) -> list[Any]:
+    """``publish_batch``: a stored event whose parent is the previous stored
+    event's last block joins it (as stock); everything else keeps its place."""
+    out: list[Any] = []
+    for data in datas:
+        prev = out[-1] if out else None
+        if (
+            isinstance(prev, dict)
+            and "stored" in prev
+            and isinstance(data, dict)
+            and "stored" in data
+            and prev["stored"]["blocks"]
+            and data["stored"]["parent_hash"] == prev["stored"]["blocks"][-1]["block_hash"]
+        ):
+            prev["stored"]["blocks"].extend(data["stored"]["blocks"])
+            continue
+        out.append(data)
+    return out
 
 
 class LocalIndexer:
@@ -160,12 +175,21 @@ class KvEventPublisher:
         is_eagle: bool | None = None,
         cache_salt: str | None = None,
     ) -> None:
-        del lora_name, is_eagle, cache_salt  # accepted for signature parity
-        data = _stored_data(token_ids, num_block_tokens, block_hashes, parent_hash, block_mm_infos)
-        self._enqueue([data])
+        # is_eagle and multimodal infos are accepted but not hashed in (not captured).
+        del is_eagle, block_mm_infos
+        seed = block_hash_seed(lora_name, cache_salt)
+        self._enqueue(
+            [
+                _stored_data(
+                    token_ids, num_block_tokens, block_hashes, parent_hash, self.kv_block_size, seed
+                )
+            ]
+        )
 
     def publish_removed(self, block_hashes: Sequence[int]) -> None:
-        self._enqueue([kve.removed_data(list(block_hashes))])
+        # Stock sends nothing (and uses no event id) for an empty removal.
+        if block_hashes:
+            self._enqueue([kve.removed_data(list(block_hashes))])
 
     def publish_cleared(self) -> None:
         self._enqueue([kve.CLEARED_DATA])
@@ -182,21 +206,24 @@ class KvEventPublisher:
         for i, ev in enumerate(events):
             kind = ev.get("type")
             if kind == "stored":
+                seed = block_hash_seed(ev.get("lora_name"), ev.get("cache_salt"))
                 datas.append(
                     _stored_data(
                         ev["token_ids"],
                         ev["num_block_tokens"],
                         ev["block_hashes"],
                         ev.get("parent_hash"),
-                        ev.get("block_mm_infos"),
+                        self.kv_block_size,
+                        seed,
                     )
                 )
             elif kind == "removed":
-                datas.append(kve.removed_data(list(ev["block_hashes"])))
+                if ev["block_hashes"]:
+                    datas.append(kve.removed_data(list(ev["block_hashes"])))
             else:
                 raise ValueError(f"event {i}: type must be 'stored' or 'removed', not {kind!r}")
         if datas:
-            self._enqueue(datas)
+            self._enqueue(_coalesce(datas))
 
     def shutdown(self) -> None:
         with self._lock:

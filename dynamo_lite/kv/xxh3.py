@@ -17,7 +17,14 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 
-__all__ = ["BLOCK_HASH_SEED", "block_tokens_hash", "implementation", "xxh3_64", "xxh3_64_pure"]
+__all__ = [
+    "BLOCK_HASH_SEED",
+    "block_hash_seed",
+    "block_tokens_hash",
+    "implementation",
+    "xxh3_64",
+    "xxh3_64_pure",
+]
 
 BLOCK_HASH_SEED = 1337
 PURE_ENV = "DYN_LITE_PURE_XXH3"
@@ -249,6 +256,18 @@ def implementation() -> str:
     return _chosen()[1]
 
 
-def block_tokens_hash(tokens: Sequence[int]) -> int:
-    """The router's ``tokens_hash`` of one block: XXH3-64, seed 1337, u32 LE tokens."""
-    return xxh3_64(struct.pack(f"<{len(tokens)}I", *tokens), BLOCK_HASH_SEED)
+def block_hash_seed(lora_name: str | None = None, cache_salt: str | None = None) -> int:
+    """The seed of a block's ``tokens_hash``: 1337, plus XXH3-64(seed 0) of the LoRA
+    name and XXH3-64(seed 1) of the cache salt when given (empty means none),
+    wrapping at 64 bits. Verified for each alone against the stock publisher."""
+    seed = BLOCK_HASH_SEED
+    if lora_name:
+        seed += xxh3_64(lora_name.encode(), 0)
+    if cache_salt:
+        seed += xxh3_64(cache_salt.encode(), 1)
+    return seed & _M
+
+
+def block_tokens_hash(tokens: Sequence[int], seed: int = BLOCK_HASH_SEED) -> int:
+    """The router's ``tokens_hash`` of one block: XXH3-64 over u32 LE tokens."""
+    return xxh3_64(struct.pack(f"<{len(tokens)}I", *tokens), seed)

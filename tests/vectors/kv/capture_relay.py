@@ -1,6 +1,6 @@
-"""Capture what the stock 1.6.1 worker relays from a ZmqSource (see README.md).
+"""Capture what the stock 1.6.1 worker publishes for known inputs (see README.md).
 
-    DYN_LITE_STOCK_VENV=... .venv/bin/python tests/vectors/kv/capture_relay.py
+    DYN_LITE_STOCK_VENV=... .venv/bin/python tests/vectors/kv/capture_relay.py [--push]
 
 Runs ``relay_engine.py`` on the stock SDK (file discovery), subscribes to the
 worker's ``kv-events`` channel with dynamo_lite's ZMTP codec, sends one
@@ -74,6 +74,8 @@ async def collect(port: int, file_kv: Path, n_expected: int) -> list[Any]:
 
 
 def main() -> None:
+    push = "--push" in sys.argv
+    prefix = "push" if push else "relay"
     work = Path(tempfile.mkdtemp(prefix="kvrelay-"))
     try:
         model = build_tiny_model(work / "tiny-model")
@@ -81,7 +83,8 @@ def main() -> None:
         file_kv.mkdir()
         env = loopback_env(DYN_FILE_KV=str(file_kv))
         proc = ManagedProcess(
-            [str(stock_python()), str(HERE / "relay_engine.py"), "--model-name", str(model)],
+            [str(stock_python()), str(HERE / "relay_engine.py"), "--model-name", str(model)]
+            + (["--push"] if push else []),
             env=env, log_path=work / "worker.log", name="relay",
         )  # fmt: skip
         proc.start()
@@ -99,11 +102,11 @@ def main() -> None:
             out = asyncio.run(collect(port, file_kv, 7))
         finally:
             proc.stop()
-            shutil.copy(work / "worker.log", HERE / "relay_worker.log")
+            shutil.copy(work / "worker.log", HERE / f"{prefix}_worker.log")
         for item in out:
             for rev in item["payload"]:
                 rev["worker_id"] = "<worker_id>"
-        (HERE / "relay_outputs.json").write_text(json.dumps(out, indent=1) + "\n")
+        (HERE / f"{prefix}_outputs.json").write_text(json.dumps(out, indent=1) + "\n")
         print(json.dumps(out)[:3000])
     finally:
         shutil.rmtree(work, ignore_errors=True)

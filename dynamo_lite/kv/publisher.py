@@ -4,8 +4,9 @@ Theory of operation. An engine receives a :class:`KvEventPublisher` through
 ``PushSource.on_ready`` and calls ``publish_stored`` / ``publish_removed`` /
 ``publish_batch`` from whatever thread it likes (the stock sample uses its
 own thread). Each call's blocks are hashed in the caller's thread (with the
-1.6.1 publisher's rules: see ``_stored_data``), then appended to a bounded queue; a full queue drops the call and
-counts it (the engine is never blocked). The worker's event loop drains the
+1.6.1 publisher's rules: see ``_stored_data``), then appended to a bounded
+queue; a full queue drops the call and counts it (the engine is never
+blocked). The worker's event loop drains the
 queue, gives every event the next ``event_id`` (from 1, so there are no gaps
 even when calls were dropped), records it in the :class:`LocalIndexer` and
 publishes one ``kv-events`` message per call (a list of router events), as the

@@ -226,7 +226,7 @@ def mdc_record(file_kv: Path) -> dict[str, Any]:
             try:
                 record: dict[str, Any] = json.loads(path.read_text())
                 return record
-            except ValueError:  # caught mid-write
+            except (ValueError, FileNotFoundError):  # caught mid-write / a renamed temp file
                 return None
         return None
 

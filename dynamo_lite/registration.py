@@ -53,6 +53,7 @@ async def build_model_card(
     system_server: SystemServer | None,
     system_host: str,
     self_host: bool,
+    enable_local_indexer: bool = False,
 ) -> dict[str, Any]:
     """Scan the model directory and build the card (serving its files when asked)."""
     model_dir = config.model_name or engine_config.model
@@ -62,7 +63,9 @@ async def build_model_card(
         url_for = await _serve_model_files(system_server, system_host, files, config, engine_config)
     elif system_server is None:
         logger.debug("no system port: the model card points at local file paths")
-    return build_card(files, config, engine_config, url_for=url_for)
+    return build_card(
+        files, config, engine_config, url_for=url_for, enable_local_indexer=enable_local_indexer
+    )
 
 
 async def _serve_model_files(

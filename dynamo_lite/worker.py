@@ -24,9 +24,10 @@ from .canary import HealthMonitor, HealthSettings, resolve_payload
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .endpoint import Endpoint
-from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
+from .engine import BaseEngine, EngineConfig, LlmRegistration, RawEngine
 from .engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
 from .errors import InvalidArgument
+from .kv.routing import KvRouting, start_publishing
 from .lifecycle import (
     EXIT_WATCHDOG,
     BadTlsSettings,
@@ -65,27 +66,17 @@ QUIESCENT_POLL = 0.5
 EndpointHandle = ServingEndpoint
 
 
-class _NullKvPublisher:
-    """Stands in for the KV event publisher: dynamo_lite publishes no KV events."""
-
-    def __init__(self) -> None:
-        self.events = 0
-
-    def publish_stored(self, *args: Any, **kwargs: Any) -> None:
-        self.events += 1
-
-    def publish_removed(self, *args: Any, **kwargs: Any) -> None:
-        self.events += 1
-
-
 class _SnapshotPublisher:
     """Receives per-rank snapshots; the latest one per rank is kept for /metrics."""
 
-    def __init__(self, ranks: list[int]) -> None:
+    def __init__(self, ranks: list[int], forward: Callable[[int, Any], None] | None = None) -> None:
         self.latest: dict[int, Any] = {r: None for r in ranks}
+        self._forward = forward
 
     def publish(self, rank: int, snapshot: Any) -> None:
         self.latest[rank] = snapshot
+        if self._forward is not None:
+            self._forward(rank, snapshot)
 
 
 def _as_engine_config(value: Any) -> EngineConfig:
@@ -162,6 +153,8 @@ class Worker:
         #: Why startup failed, when it did (``serve()`` raises it).
         self.failure: StartupError | None = None
         self._watchdog = Watchdog(self._watchdog_fired)
+        #: KV events, load metrics and the local indexer (:mod:`dynamo_lite.kv`).
+        self.kv = KvRouting()
         self._tg: anyio.abc.TaskGroup | None = None
         self._services: dict[str, Service] = {}
         #: Cancel scopes that the first shutdown request / a hurry cancels.
@@ -473,12 +466,10 @@ class Worker:
         self._validate_model_input()
         await engine.register_prometheus(self.metrics.engine_metrics())
         ranks = list(engine.component_metrics_dp_ranks())
-        if cfg.enable_kv_routing and hasattr(engine, "kv_event_sources"):
-            for source in await engine.kv_event_sources():
-                if isinstance(source, PushSource):
-                    source.on_ready(_NullKvPublisher())
-        if ranks:
-            self.snapshots = _SnapshotPublisher(ranks)
+        self.kv = await start_publishing(self, ranks)
+        # As stock: with KV routing off there is no snapshot publisher either.
+        if ranks and cfg.enable_kv_routing:
+            self.snapshots = _SnapshotPublisher(ranks, self.kv.on_snapshot)
             engine.attach_snapshot_publisher(self.snapshots)
         card = await build_model_card(
             cfg,
@@ -488,6 +479,7 @@ class Worker:
             system_host=self.settings.system_host,
             self_host=os.environ.get("DYN_SELF_HOST_METADATA", "1").strip().lower()
             not in ("0", "false"),
+            enable_local_indexer=self.kv.enable_local_indexer,
         )
         logger.debug("local model built")
         self.registration = Registration(self.store, self.endpoint_id, self.instance_id)
@@ -498,6 +490,8 @@ class Worker:
         await engine.on_endpoint_ready(handle)
         ep = self.endpoint_id
         await self.registration.publish_card(card)
+        # The local indexer's query endpoint is registered after the card, as stock.
+        await self.kv.register_recovery()
         # /engine/control|update/<name> on the system port (dynamo_lite/engine_routes.py).
         self.engine_routes = EngineRoutes(self, engine, self.instance_switch)
         if self.system_server is not None:
@@ -689,6 +683,7 @@ class Worker:
         if self.plane is not None:
             await self.plane.close()
         await self._unregister_instance()
+        await self.kv.close()
         if self.registration is not None:
             await self.registration.withdraw_card()
         await self._stop_service("discovery keepalive")

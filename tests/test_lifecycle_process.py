@@ -30,7 +30,12 @@ def names(events: Path) -> list[str]:
 
 
 def instance_files(kv: Path) -> list[Path]:
-    return [p for p in (kv / "v1" / "instances").glob("*") if p.is_file()]
+    # The serving endpoint's records (not the KV query endpoint's).
+    return [
+        p
+        for p in (kv / "v1" / "instances").glob("*")
+        if p.is_file() and "worker%5Fkv%5Fquery" not in p.name
+    ]
 
 
 def etcd_instance_keys(etcd: EtcdServer) -> list[str]:

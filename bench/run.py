@@ -87,6 +87,8 @@ class Kind:
     env: tuple[tuple[str, str], ...] = ()
     #: The engine script, when not the repository's sample engine (a baseline's own).
     script: Path | None = None
+    #: Publish KV events (the sample engine's synthetic blocks) instead of --disable-kv-routing.
+    kv_routing: bool = False
 
 
 @dataclass
@@ -202,10 +204,11 @@ def start_worker(
     flags = [
         "--model-name", str(model), "--namespace", "dynamo", "--component", kind.component,
         "--discovery-backend", "file", "--delay", str(delay), "--max-tokens", str(max_tokens),
+    ]  # fmt: skip
+    if not kind.kv_routing:
         # The stock worker would otherwise publish KV events; dynamo_lite takes
         # the flag too, so both run the same command line.
-        "--disable-kv-routing",
-    ]  # fmt: skip
+        flags.append("--disable-kv-routing")
     if kind.stock:
         argv = [str(kind.python), "-m", "dynamo.common.backend.sample_main", *flags]
         extra: dict[str, str | None] = {}
@@ -928,8 +931,8 @@ def settings(argv: list[str] | None) -> Settings:
         "--variants",
         default="pure,uvloop",
         help="extra dynamo_lite flavours for P1 (c=32), P2, P3, P7: 'pure' (no C "
-        "msgpack, no uvloop), 'uvloop' (uvloop borrowed from the stock venv), "
-        "or 'none'",
+        "msgpack, no uvloop), 'uvloop' (uvloop borrowed from the stock venv), 'kv' (KV "
+        "events published for every request), or 'none'",
     )
     p.add_argument(
         "--baseline",
@@ -989,6 +992,10 @@ def settings(argv: list[str] | None) -> Settings:
                 env=(("MSGPACK_PUREPYTHON", "1"), ("DYN_LITE_UVLOOP", "0")),
             )
         )
+    if "kv" in wanted:
+        # KV events for every request (synthetic blocks stored and removed), with
+        # nobody subscribed: the cost of publishing, against the plain lite worker.
+        s.variants.append(Kind("lite-kv", "litekv", s.lite_python, kv_routing=True))
     if "uvloop" in wanted:
         site = _uvloop_site(s)
         if site is not None:

@@ -47,7 +47,9 @@ def test_agent_context() -> None:
 
 
 def test_ensure_prometheus_multiproc_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # Set, then removed, so that monkeypatch restores the variable's absence afterwards.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "unset-below")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     owned = ensure_prometheus_multiproc_dir("engine-")
     assert owned is not None
     try:

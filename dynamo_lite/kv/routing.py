@@ -26,10 +26,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import DisaggregationMode, detect_host
+from ..config import DisaggregationMode
 from ..discovery import DiscoveryError, EndpointId
 from ..discovery import keys as dkeys
 from ..engine import PushSource, ZmqSource
+from ..netaddr import bind_and_advertise
 from ..protocol import kv_events as kve
 from ..transport.nats_plane import NatsError, NatsSettings
 from .channels import (
@@ -187,15 +188,18 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
     instance_id: int = worker.instance_id
     if plane == "nats":
         routing._nats = await _connect_nats()
-    bind_host = os.environ.get("DYN_EVENT_PLANE_HOST") or ""
-    advertise = bind_host or detect_host()
+    # The same rule as the request plane: bound to, and advertised as, the chosen
+    # address (an interface name or a wildcard in the variable work as there).
+    bind_host, advertise = bind_and_advertise(
+        os.environ.get("DYN_EVENT_PLANE_HOST"), "DYN_EVENT_PLANE_HOST"
+    )
 
     async def new_channel(topic: str) -> EventChannel:
         transport: EventTransport
         if plane == "nats":
             transport = NatsEventTransport(routing._nats, subject_prefix(state_ep))
         else:
-            zt = ZmqEventTransport(bind_host or "0.0.0.0", advertise)
+            zt = ZmqEventTransport(bind_host, advertise)
             await zt.start()
             transport = zt
         ch = EventChannel(state_ep, topic, transport)

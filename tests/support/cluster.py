@@ -261,13 +261,21 @@ class Cluster:
         """Those of ``hosts`` with a call-home connection open to the frontend."""
         out = []
         for host in hosts:
-            rpc_ports = {
+            # Connections the frontend opened to the worker (request plane, KV
+            # event plane, …) arrive on a listening port; a call-home stream
+            # leaves from an ephemeral one.
+            listening = {
+                int(line.split()[3].rpartition(":")[2])
+                for line in host.run(["ss", "-tlnH"]).stdout.splitlines()
+                if len(line.split()) >= 4
+            }
+            listening |= {
                 tcp_port_of(r) for r in self.instance_records() if tcp_host_of(r) == host.addr
             }
             res = host.run(["ss", "-tnH", "state", "established", "dst", self.fe_host.addr])
             for line in res.stdout.splitlines():
                 local = line.split()[-2]
-                if int(local.rpartition(":")[2]) not in rpc_ports:
+                if int(local.rpartition(":")[2]) not in listening:
                     out.append(host)
                     break
         return out

@@ -42,6 +42,7 @@ from .lifecycle import (
     StartupError,
     State,
     UnknownRequestPlane,
+    check_response_plane,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import WorkerMetrics
@@ -391,6 +392,7 @@ class Worker:
         plane = (self.config.request_plane or "tcp").lower()
         if plane not in ("tcp", "nats"):
             raise UnknownRequestPlane(f"request plane {plane!r} is not supported (tcp or nats)")
+        check_response_plane(self.config.response_plane)
         tls = TcpTls.from_env()
         try:
             self.endpoint.call_home_ssl = tls.client_context()

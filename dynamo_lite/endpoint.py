@@ -41,6 +41,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import telemetry
+from .admission import EngineGate
 from .cancellation import AbortGate, log_cancellation
 from .context import Context
 from .engine import BaseEngine
@@ -129,6 +130,8 @@ class Endpoint:
         self.name = name
         self.raw = raw
         self.max_inflight = max_inflight
+        #: ``DYN_ENGINE_REQUEST_LIMIT``: requests beyond it wait (:mod:`dynamo_lite.admission`).
+        self.engine_gate = EngineGate()
         self.accepting = False
         self.stats = EndpointStats()
         self.requests: dict[str, _Request] = {}
@@ -179,6 +182,10 @@ class Endpoint:
             logger.warning("rejecting malformed request: %s", exc)
             self.stats.rejected += 1
             return rp.UNAVAILABLE_PREFIX + f"malformed request: {exc}"
+        if not self.engine_gate.admit():  # DYN_ENGINE_REQUEST_LIMIT and its queue both full
+            self.stats.rejected += 1
+            self.stats.overloaded += 1
+            return rp.OVERLOADED_PREFIX + "worker at capacity"
         sent_ns = headers.get("x-frontend-send-ts-ns")
         if sent_ns:
             with contextlib.suppress(ValueError):
@@ -248,6 +255,13 @@ class Endpoint:
         self, req: _Request, address: tuple[str, int], subject: str, body: bytes
     ) -> None:
         started = time.monotonic()
+        gate = self.engine_gate
+        try:
+            await gate.enter()  # at once unless DYN_ENGINE_REQUEST_LIMIT is reached
+        except BaseException:
+            req.ctx._end()
+            self.requests.pop(req.ctx.id(), None)
+            raise
         self.stats.inflight += 1
         try:
             try:
@@ -279,6 +293,7 @@ class Endpoint:
             req.ctx._end()
             self.requests.pop(req.ctx.id(), None)
             self.stats.inflight -= 1
+            gate.leave()
             self.stats.duration.observe(time.monotonic() - started)
 
     def _end(self, req: _Request, error: WireError | None) -> None:

@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .admission import EngineGate
 from .card import served_model_name
 from .multiproc import bridge_global_registry, ensure_prometheus_multiproc_dir
 from .stats import (
@@ -83,8 +84,8 @@ __all__ = [
 #: The 0.0.4 text format is what ``generate_latest`` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: Stock's fixed work-handler sizes (we have no bounded queue; the pool is ``max_inflight``).
-QUEUE_CAPACITY = 40_000
+#: What the gauges read for an endpoint without an engine request limit.
+_UNLIMITED = EngineGate()
 
 NS, COMP, EP, WID = "dynamo_namespace", "dynamo_component", "dynamo_endpoint", "worker_id"
 MODEL, MODEL_NAME, DP_RANK = "model", "model_name", "dp_rank"
@@ -357,14 +358,15 @@ class WorkerMetrics:
         st = s.endpoint.stats
         f.value("dynamo_engine_request", {}, st.inflight)
         f.value("dynamo_rejection_request_total", {}, st.overloaded)
-        f.value("dynamo_request_queue", {}, 0)
+        gate: EngineGate = getattr(s.endpoint, "engine_gate", _UNLIMITED)
+        f.value("dynamo_request_queue", {}, gate.queue_depth)
         f.value("dynamo_work_handler_enqueue_rejected_total", {}, 0)
         f.histogram("dynamo_work_handler_network_transit_seconds", {}, st.transit)
         f.histogram("dynamo_work_handler_permit_wait_seconds", {}, _NO_PERMIT_WAIT)
         f.value("dynamo_work_handler_pool_active_tasks", {}, st.inflight)
         f.value("dynamo_work_handler_pool_capacity", {}, s.endpoint.max_inflight)
-        f.value("dynamo_work_handler_queue_capacity", {}, QUEUE_CAPACITY)
-        f.value("dynamo_work_handler_queue_depth", {}, 0)
+        f.value("dynamo_work_handler_queue_capacity", {}, gate.queue_capacity)
+        f.value("dynamo_work_handler_queue_depth", {}, gate.queue_depth)
         f.histogram("dynamo_work_handler_time_to_first_response_seconds", {}, st.first_response)
 
     def _extras(self, f: _Families) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from .admission import EngineGate
 from .canary import HealthMonitor, HealthSettings, resolve_payload
 from .card import ModelFiles, build_card, served_model_name, slugify
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig, detect_host
@@ -408,6 +409,7 @@ class Worker:
                 await self.system_server.start()
                 await self._start_service("system server", self.system_server.serve)
             self.endpoint.max_inflight = s.max_inflight
+            self.endpoint.engine_gate = EngineGate.from_env()
             self.endpoint.write_stall_timeout = s.write_stall_timeout
             if plane == "nats":
                 self.nats = NatsRequestPlane()

@@ -329,6 +329,8 @@ class Endpoint:
         try:
             agen: AsyncGenerator[Any, None] = self.engine.generate(request, ctx)  # type: ignore[attr-defined]
         except Exception as exc:
+            if telemetry.active():
+                telemetry.generate_failed(request, ctx, exc, raw=self.raw, role=self.disagg_role)
             self._end(req, classify(exc))
             return
         if telemetry.active():

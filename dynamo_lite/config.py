@@ -262,6 +262,8 @@ ENV_VARS = frozenset(
         "DYN_LOG_USE_LOCAL_TZ",
         "DYN_LOG",
         "DYN_LOGGING_JSONL",
+        "DYN_LOGGING_CONFIG_PATH",
+        "OTEL_EXPORT_ENABLED",
         "DYN_LOGGING_CONSOLE_FORMAT",
         "NATS_SERVER",
         "NATS_AUTH_USERNAME",

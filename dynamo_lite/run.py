@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import otel_export
 from .config import WorkerConfig
 from .engine import BaseEngine
 from .logsetup import configure_logging
@@ -64,6 +65,10 @@ def run(
 ) -> Any:
     """Run ``engine_cls`` as a worker and exit the process with the worker's status."""
     configure_logging()
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        code = runner.run(_start(engine_cls, argv, engine_factory))
+    exporting = otel_export.configure_from_env()  # OTEL_EXPORT_ENABLED
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            code = runner.run(_start(engine_cls, argv, engine_factory))
+    finally:
+        otel_export.shutdown(exporting)
     sys.exit(code)

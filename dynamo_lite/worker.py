@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from . import model_cards
 from .admission import EngineGate
 from .canary import HealthMonitor, HealthSettings, resolve_payload
 from .card import ModelFiles, build_card, served_model_name, slugify
@@ -749,6 +750,8 @@ class Worker:
             except DiscoveryError as exc:
                 logger.warning("model card delete failed error=%s", exc)
             self._mdc_key = None
+        if self._store is not None:
+            await model_cards.withdraw_all(self)  # LoRA cards the engine published
         await self._stop_service("discovery keepalive")
         if self._store is not None:
             try:

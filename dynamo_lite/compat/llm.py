@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelInput
+from ..model_cards import ModelType, register_model, unregister_model
 
 __all__ = [
     "KvEventPublisher",
@@ -18,7 +19,15 @@ __all__ = [
     "MediaFetcher",
     "ModelInput",
     "ModelRuntimeConfig",
+    "ModelType",
+    "register_llm",
+    "register_model",
+    "unregister_llm",
+    "unregister_model",
 ]
+
+register_llm = register_model
+unregister_llm = unregister_model
 
 
 class KvEventPublisher:

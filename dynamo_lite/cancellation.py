@@ -14,10 +14,10 @@ in ``tests/test_parity_open.py``):
   first non-empty chunk (or ``Context.notify_first_token()``): a decode
   engine still waiting for its KV transfer has nothing to abort yet. If the
   stream ends first, abort is never called.
-* An upstream cancellation is logged at INFO, ``request cancellation
+* An upstream ``kill`` or ``stop`` is logged at INFO, ``request cancellation
   received``, with stock's field names (``request_id``,
-  ``cancellation.signal``, ``cancellation.source``); an engine's own stop is
-  not logged (stock logs nothing for it either).
+  ``cancellation.signal``, ``cancellation.source``); a frontend that just
+  goes away, and an engine's own stop, are not (stock logs neither at INFO).
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ logger = logging.getLogger("dynamo_lite.endpoint")
 
 def log_cancellation(request_id: str, signal: str) -> None:
     """The INFO line stock writes when the frontend cancels a request."""
+    if signal not in ("kill", "stop"):
+        logger.debug("request cancellation observed request_id=%s signal=%s", request_id, signal)
+        return
     logger.info(
         "request cancellation received",
         extra={

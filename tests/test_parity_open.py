@@ -162,6 +162,7 @@ async def test_upstream_stop_ends_the_stream_before_the_generator_is_closed(
         assert (await anext(it))["token_ids"] == [1]
         await rt.wait_event(rid, "hold")
         # The frontend's "stop", without closing our end: the worker must close it.
+        await asyncio.wait_for(stream.connected, 20)
         assert stream._conn is not None
         stream.cancelled = True
         stream._conn.write(control.STOP_FRAME)
@@ -217,8 +218,9 @@ async def test_decode_defers_abort_until_the_first_token(
     assert "abort" in await _kill_before_first_token(decode, tiny_model, "hold_first_notify")
 
 
+@pytest.mark.parametrize("signal", ["kill", "stop"])
 async def test_cancellation_is_logged_at_info_with_stock_fields(
-    workers: dict[Any, Runtime], tiny_model: Path
+    signal: str, workers: dict[Any, Runtime], tiny_model: Path
 ) -> None:
     for name in RUNTIMES:
         rt = workers[name, "agg"]
@@ -226,8 +228,16 @@ async def test_cancellation_is_logged_at_info_with_stock_fields(
         try:
             stream = await client.generate(_request(str(tiny_model), "hold_deaf"))
             await rt.wait_event(stream.request_id, "hold")
-            await stream.cancel(control.StreamControl.KILL)
+            await stream.cancel(control.StreamControl(signal))
             await rt.wait_event(stream.request_id, "abort")
+            # A frontend that just goes away: killed and aborted, but no INFO line.
+            dropped = await client.generate(_request(str(tiny_model), "hold_deaf"))
+            await rt.wait_event(dropped.request_id, "hold")
+            await asyncio.wait_for(dropped.connected, 20)
+            assert dropped._conn is not None
+            dropped.cancelled = True
+            dropped._conn.close(reset=True)
+            await rt.wait_event(dropped.request_id, "abort")
         finally:
             await client.close()
         rid = stream.request_id
@@ -243,6 +253,8 @@ async def test_cancellation_is_logged_at_info_with_stock_fields(
         (line,) = lines
         assert " INFO " in line and "request cancellation received" in line
         sep = '="' if name == "stock" else "="  # stock quotes string fields
-        for field in (f"cancellation.signal{sep}kill", f"cancellation.source{sep}upstream",
+        for field in (f"cancellation.signal{sep}{signal}", f"cancellation.source{sep}upstream",
                       f"request_id{sep}{rid}"):  # fmt: skip
             assert field in line, line
+        log = rt.proc.log_text().splitlines()
+        assert not [ln for ln in log if dropped.request_id in ln and "cancellation" in ln]

@@ -53,6 +53,7 @@ from .config import WorkerConfig
 from .discovery import EndpointId, KvStore
 from .discovery import keys as dkeys
 from .engine import BaseEngine
+from .metrics import EngineMetrics
 from .system_server import Health, Response
 
 __all__ = [
@@ -172,6 +173,16 @@ class ServingEndpoint:
     def connection_id(self) -> int:
         """The worker's discovery instance id."""
         return self.instance_id
+
+    @property
+    def metrics(self) -> EngineMetrics:
+        """Stock's ``RuntimeMetrics`` helper: exposition callbacks registered here
+        are appended to ``/metrics`` (the handle ``register_prometheus`` gets)."""
+        worker_metrics = getattr(getattr(self.switch, "worker", None), "metrics", None)
+        if worker_metrics is None:
+            return EngineMetrics({})
+        handle: EngineMetrics = worker_metrics.engine_metrics()
+        return handle
 
     async def unregister_endpoint_instance(self) -> None:
         """Stop being routed to (the instance leaves discovery); raises when already out."""

@@ -82,6 +82,9 @@ def test_a_lora_card_as_stock_publishes_it(
             assert rt.control("load_lora", body) == {"status": "ok"}
             rt.wait(rt.lora_records, "LoRA card")
         assert json.dumps(lite.normalised()) == json.dumps(stock.normalised())
+        for rt in (stock, lite):  # what the engine registered on endpoint.metrics
+            text = httpx.get(f"http://127.0.0.1:{rt.port}/metrics", timeout=5).text
+            assert "\nlora_engine_adapters 1" in text
         # Self-hosted like the base model's files.
         url = lite.normalised()["card_json"]["model_info"]["hf_config_json"]["path"]
         got = httpx.get(url.replace("URL", f"http://127.0.0.1:{lite.port}"), timeout=5)

@@ -1,7 +1,8 @@
 """The stock sample engine publishing LoRA model cards on request, written
 against the *stock* SDK: ``/engine/control/load_lora`` with ``{"name", "path"}``
 calls ``dynamo.llm.register_model`` on the endpoint ``on_endpoint_ready``
-gave it, ``unload_lora`` calls ``unregister_model``."""
+gave it, ``unload_lora`` calls ``unregister_model``; a metric registered on
+``endpoint.metrics`` appears on ``/metrics``."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from dynamo.llm import ModelInput, ModelType, register_model, unregister_model
 class LoraEngine(SampleLLMEngine):  # type: ignore[misc]
     async def on_endpoint_ready(self, endpoint: Any) -> None:
         self.endpoint = endpoint
+        # Engine metrics through the endpoint's RuntimeMetrics helper.
+        endpoint.metrics.register_prometheus_expfmt_callback(
+            lambda: "# TYPE lora_engine_adapters gauge\nlora_engine_adapters 1\n"
+        )
 
     def supported_controls(self) -> set[str]:
         return {"load_lora", "unload_lora"}

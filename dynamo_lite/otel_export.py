@@ -103,3 +103,155 @@ def shutdown(provider: Any) -> None:
         provider.shutdown()
     except Exception as exc:  # export trouble at exit must not change the exit status
         logger.warning("OTLP exporter shutdown failed: %r", exc)
+
+
+# --- metrics: the engines' typed callbacks -------------------------------------------------
+
+
+def typed_to_otlp(families: list[Any], now_ns: int) -> list[Any]:
+    """Stock's typed families → OTLP SDK metrics: gauges, cumulative sums, histograms.
+
+    Counter samples are the ``_total`` ones (``_created`` is dropped);
+    histogram buckets are rebuilt from the cumulative ``le`` samples; summaries
+    and info/state-set families are not exported.
+    """
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        Gauge,
+        Histogram,
+        HistogramDataPoint,
+        Metric,
+        NumberDataPoint,
+        Sum,
+    )
+
+    out: list[Any] = []
+    for name, help_, kind, unit, samples in families:
+        data: Any
+        if kind in ("gauge", "unknown", "untyped"):
+            points = [NumberDataPoint(dict(labels), 0, now_ns, value)
+                      for sample, labels, value, _ts in samples if sample == name]  # fmt: skip
+            data = Gauge(points)
+        elif kind == "counter":
+            points = [NumberDataPoint(dict(labels), 0, now_ns, value)
+                      for sample, labels, value, _ts in samples
+                      if sample in (name, name + "_total")]  # fmt: skip
+            data = Sum(points, AggregationTemporality.CUMULATIVE, True)
+        elif kind == "histogram":
+            series: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+            for sample, labels, value, _ts in samples:
+                le = dict(labels).get("le")
+                key = tuple(sorted((k, v) for k, v in labels if k != "le"))
+                entry = series.setdefault(key, {"buckets": [], "sum": 0.0, "count": 0})
+                if sample == name + "_bucket" and le is not None:
+                    entry["buckets"].append((float(le), value))
+                elif sample == name + "_sum":
+                    entry["sum"] = value
+                elif sample == name + "_count":
+                    entry["count"] = int(value)
+            hist_points = []
+            for key, entry in series.items():
+                bounds = sorted(entry["buckets"])
+                counts, previous = [], 0.0
+                for _le, cumulative in bounds:
+                    counts.append(int(cumulative - previous))
+                    previous = cumulative
+                finite = [le for le, _ in bounds if le != float("inf")]
+                if len(counts) == len(finite):  # no +Inf bucket: the rest goes there
+                    counts.append(max(0, entry["count"] - int(previous)))
+                unknown: Any = None  # min/max were not kept by the source: left unset
+                point = HistogramDataPoint(
+                    dict(key), 0, now_ns, entry["count"], entry["sum"], counts, finite,
+                    unknown, unknown,
+                )  # fmt: skip
+                hist_points.append(point)
+            data = Histogram(hist_points, AggregationTemporality.CUMULATIVE)
+        else:
+            continue
+        out.append(Metric(name, help_, unit or "", data))
+    return out
+
+
+class MetricExport:
+    """Calls every engine's typed callbacks each ``OTEL_METRIC_EXPORT_INTERVAL``
+    ms (default 60000, as the OTel SDK) and exports the result over OTLP."""
+
+    def __init__(self, exporter: Any, interval: float) -> None:
+        import threading
+
+        self.exporter = exporter
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dynamo-otel-export", daemon=True)
+        self._thread.start()
+
+    def collect(self) -> list[Any]:
+        from .metrics import EngineMetrics
+
+        families: list[Any] = []
+        for handle in list(EngineMetrics.live):
+            for callback in list(handle.typed_callbacks):
+                try:
+                    families.extend(callback())
+                except Exception as exc:  # one engine's broken callback must not stop the rest
+                    logger.debug("typed metrics callback raised: %r", exc)
+        return families
+
+    def export_once(self) -> None:
+        import time
+
+        from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        metrics = typed_to_otlp(self.collect(), time.time_ns())
+        if not metrics:
+            return
+        scope = ScopeMetrics(InstrumentationScope("dynamo_lite"), metrics, "")
+        data = MetricsData([ResourceMetrics(Resource.create(), [scope], "")])
+        self.exporter.export(data)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.export_once()
+            except Exception as exc:
+                logger.warning("OTLP metric export failed: %r", exc)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.export_once()  # what changed since the last tick
+        except Exception as exc:
+            logger.warning("OTLP metric export failed: %r", exc)
+        self.exporter.shutdown()
+
+
+_METRIC_EXPORTERS = {
+    "http/protobuf": "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "grpc": "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+}
+
+
+def start_metric_export(env: Mapping[str, str] | None = None) -> MetricExport | None:
+    """With ``OTEL_EXPORT_ENABLED``, export the engines' typed metrics over OTLP."""
+    env = os.environ if env is None else env
+    if not enabled(env):
+        return None
+    raw = env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    proto = (raw or "grpc").strip().lower()
+    module = _METRIC_EXPORTERS.get(proto)
+    if module is None:
+        return None
+    try:
+        import importlib
+
+        exporter = importlib.import_module(module).OTLPMetricExporter()
+    except ImportError:
+        return None  # configure_from_env already said what to install
+    try:
+        interval = float(env.get("OTEL_METRIC_EXPORT_INTERVAL") or 60000) / 1000
+    except ValueError:
+        interval = 60.0
+    return MetricExport(exporter, max(interval, 0.05))

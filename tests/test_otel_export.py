@@ -7,6 +7,7 @@ import http.server
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,75 @@ asyncio.run(main())
                          if a.key == "service.name"}  # fmt: skip
             names |= {s.name for ss in rs.scope_spans for s in ss.spans}
     assert "engine.generate" in names and services == {"lite-worker"}
+
+
+def test_typed_families_become_otlp_metrics() -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.common")
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+    from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    from dynamo_lite.metrics import get_prometheus_typed
+
+    registry = CollectorRegistry()
+    Counter("eng_requests", "served", registry=registry).inc(3)
+    Gauge("eng_queue", "queued", ["rank"], registry=registry).labels("0").set(2)
+    hist = Histogram("eng_latency_seconds", "latency", buckets=(0.1, 1.0), registry=registry)
+    for value in (0.05, 0.5, 5.0):
+        hist.observe(value)
+    typed = get_prometheus_typed(registry, inject_custom_labels={"worker_id": "7"})
+    metrics = {m.name: m for m in otel_export.typed_to_otlp(typed, 1)}
+    [requests] = metrics["eng_requests"].data.data_points
+    assert requests.value == 3 and requests.attributes == {"worker_id": "7"}
+    assert metrics["eng_requests"].data.is_monotonic
+    [queue] = metrics["eng_queue"].data.data_points
+    assert queue.value == 2 and queue.attributes == {"worker_id": "7", "rank": "0"}
+    [latency] = metrics["eng_latency_seconds"].data.data_points
+    assert latency.count == 3 and list(latency.bucket_counts) == [1, 1, 1]
+    assert list(latency.explicit_bounds) == [0.1, 1.0] and latency.sum == pytest.approx(5.55)
+    scope = ScopeMetrics(InstrumentationScope("t"), list(metrics.values()), "")
+    encoded = encode_metrics(MetricsData([ResourceMetrics(Resource.create(), [scope], "")]))
+    assert len(encoded.SerializeToString()) > 0
+
+
+def test_engine_metrics_reach_the_otlp_endpoint(
+    sink: tuple[int, type[_Sink]], tiny_model: Path, tmp_path: Path, spawn: Any
+) -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.metric_exporter")
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+
+    port, handler = sink
+    engine = Path(__file__).parent / "engines" / "observability_engine.py"
+    env = worker_env(
+        file_kv=tmp_path / "kv",
+        OBS_ENGINE_METRICS="1",
+        OTEL_EXPORT_ENABLED="1",
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_METRIC_EXPORT_INTERVAL="100",
+    )
+    argv = worker_argv(tiny_model, script=engine, extra=("--component", "sample"))
+    proc = spawn(argv, env=env, name="otlp-metrics")
+    found: dict[str, Any] = {}
+    deadline = time.monotonic() + 30  # a generous bound only catches a hang
+    while not found:
+        assert proc.running and time.monotonic() < deadline, proc.describe_log()
+        for path, body in list(handler.posts):
+            if path != "/v1/metrics":
+                continue
+            req = ExportMetricsServiceRequest.FromString(body)
+            for rm in req.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for metric in sm.metrics:
+                        if metric.name == "obs_engine_requests":
+                            found["metric"] = metric
+        time.sleep(0.05)
+    metric = found["metric"]
+    [point] = metric.sum.data_points
+    labels = {a.key: a.value.string_value for a in point.attributes}
+    assert labels["dynamo_component"] == "sample" and labels["dynamo_namespace"] == "dynamo"
+    assert metric.sum.is_monotonic

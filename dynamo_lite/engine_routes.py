@@ -174,6 +174,15 @@ class ServingEndpoint:
         """The worker's discovery instance id."""
         return self.instance_id
 
+    async def client(self, router_mode: Any = None) -> Any:
+        """A client for this endpoint with stock's API (:mod:`dynamo_lite.endpoint_client`)."""
+        from .endpoint_client import open_client
+
+        worker = getattr(self.switch, "worker", None)
+        if worker is None:
+            raise RuntimeError("client() needs the endpoint of a running worker")
+        return await open_client(worker)
+
     @property
     def metrics(self) -> EngineMetrics:
         """Stock's ``RuntimeMetrics`` helper: exposition callbacks registered here

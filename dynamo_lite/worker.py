@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import model_cards
+from . import endpoint_client, model_cards
 from .admission import EngineGate
 from .canary import HealthMonitor, HealthSettings, resolve_payload
 from .card import ModelFiles, build_card, served_model_name, slugify
@@ -752,6 +752,7 @@ class Worker:
             self._mdc_key = None
         if self._store is not None:
             await model_cards.withdraw_all(self)  # LoRA cards the engine published
+        await endpoint_client.close_all(self)  # clients from endpoint.client()
         await self._stop_service("discovery keepalive")
         if self._store is not None:
             try:

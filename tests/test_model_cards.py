@@ -25,11 +25,15 @@ ENGINE = REPO / "tests" / "engines" / "lora_engine.py"
 
 
 class Lora:
-    def __init__(self, head: list[str], tmp_path: Path, name: str, model: Path) -> None:
+    """A worker running a stock-SDK engine with a system port, on either runtime."""
+
+    def __init__(
+        self, head: list[str], tmp_path: Path, name: str, model: Path, engine: Path = ENGINE
+    ) -> None:
         self.kv = tmp_path / f"kv-{name}"
         self.kv.mkdir()
         self.port = free_system_port()
-        argv = [*head, str(ENGINE), "--model-name", str(model), "--discovery-backend", "file",
+        argv = [*head, str(engine), "--model-name", str(model), "--discovery-backend", "file",
                 "--disable-kv-routing"]  # fmt: skip
         env = worker_env(file_kv=self.kv, DYN_SYSTEM_PORT=self.port)
         self.proc = ManagedProcess(argv, env=env, name=name, log_path=tmp_path / f"{name}.log")
@@ -75,7 +79,11 @@ def test_a_lora_card_as_stock_publishes_it(
     tmp_path: Path, tiny_model: Path, stock_python_path: Path, stock_frontend: Any
 ) -> None:
     stock = Lora([str(stock_python_path)], tmp_path, "stock", tiny_model)
-    lite = Lora([sys.executable, "-m", "dynamo_lite.compat"], tmp_path, "lite", tiny_model)
+    try:
+        lite = Lora([sys.executable, "-m", "dynamo_lite.compat"], tmp_path, "lite", tiny_model)
+    except BaseException:
+        stock.proc.close()
+        raise
     try:
         body = {"name": "my-lora", "path": str(tiny_model)}
         for rt in (stock, lite):
@@ -101,3 +109,27 @@ def test_a_lora_card_as_stock_publishes_it(
         stock.proc.close()
         lite.proc.close()
     assert not lite.lora_records()  # withdrawn at shutdown
+
+
+CLIENT_ENGINE = REPO / "tests" / "engines" / "client_engine.py"
+
+
+def test_endpoint_client_as_stock(
+    tmp_path: Path, tiny_model: Path, stock_python_path: Path
+) -> None:
+    """``await endpoint.client()`` from inside the engine: same ids, items and item surface."""
+    stock = Lora([str(stock_python_path)], tmp_path, "stock", tiny_model, CLIENT_ENGINE)
+    try:
+        lite = Lora([sys.executable, "-m", "dynamo_lite.compat"], tmp_path, "lite", tiny_model,
+                    CLIENT_ENGINE)  # fmt: skip
+    except BaseException:
+        stock.proc.close()
+        raise
+    try:
+        for body in ({}, {"annotated": False}, {"method": "round_robin"}, {"method": "random"},
+                     {"method": "direct"}):  # fmt: skip
+            ours, theirs = lite.control("ask_self", body), stock.control("ask_self", body)
+            assert ours == theirs and ours["own_id"] is True, (body, ours, theirs)
+    finally:
+        stock.proc.close()
+        lite.proc.close()

@@ -85,6 +85,8 @@ class Kind:
     python: Path
     stock: bool = False
     env: tuple[tuple[str, str], ...] = ()
+    #: The engine script, when not the repository's sample engine (a baseline's own).
+    script: Path | None = None
 
 
 @dataclass
@@ -208,7 +210,7 @@ def start_worker(
         argv = [str(kind.python), "-m", "dynamo.common.backend.sample_main", *flags]
         extra: dict[str, str | None] = {}
     else:
-        argv = [str(kind.python), str(s.lite_engine), *flags]
+        argv = [str(kind.python), str(kind.script or s.lite_engine), *flags]
         extra = {"PYTHONPATH": str(REPO)}
     extra.update(dict(kind.env))
     if "PYTHONPATH+" in extra:
@@ -996,26 +998,30 @@ def settings(argv: list[str] | None) -> Settings:
         else:
             log("uvloop variant skipped: no uvloop for the lite interpreter's Python version")
     if a.baseline:
+        base = _export(s, a.baseline)
         s.variants.append(
             Kind(
                 "lite-base",
                 "litebase",
                 s.lite_python,
-                env=(("PYTHONPATH", _export(s, a.baseline)),),
+                env=(("PYTHONPATH", str(base)),),
+                script=base / "examples" / "sample_engine.py",
             )
         )
     return s
 
 
-def _export(s: Settings, rev: str) -> str:
-    """The ``dynamo_lite`` package as of ``rev``, unpacked into the workdir."""
+def _export(s: Settings, rev: str) -> Path:
+    """``dynamo_lite`` and the sample engine as of ``rev``, unpacked into the workdir."""
     target = s.workdir / f"baseline-{rev}"
     target.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", rev, "dynamo_lite"], capture_output=True, check=True
+        ["git", "-C", str(REPO), "archive", rev, "dynamo_lite", "examples"],
+        capture_output=True,
+        check=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return str(target)
+    return target
 
 
 def _uvloop_site(s: Settings) -> Path | None:

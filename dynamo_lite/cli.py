@@ -146,7 +146,10 @@ async def _demo_requests(model_dir: Path, kv: Path, printer: _Printer, served: s
 
     detok = TinyDetokenizer(model_dir / "tokenizer.json")
     prompt = detok.encode_words("hello world")
-    async with Client("dynamo", "sample", "generate", store=FileStore(kv)) as client:
+    # Everything in the demo stays on loopback, the call-home server too.
+    async with Client(
+        "dynamo", "sample", "generate", store=FileStore(kv), response_host="127.0.0.1"
+    ) as client:
         found = await client.wait_for_instances(30)
         inst = found[0]
         printer.say(

@@ -13,6 +13,10 @@ server workers call home to, and yields each response item::
 
 ``await stream.cancel()`` sends ``"kill"`` exactly as the frontend does when
 its HTTP client disconnects.
+
+The call-home address workers dial is ``response_host``, else
+``DYN_TCP_RESPONSE_STREAM_HOST``, else the address the stock frontend would
+choose on this host (:mod:`dynamo_lite.netaddr`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import socket
 import time
 import uuid
@@ -32,6 +37,7 @@ from typing import Any, cast
 
 from .config import RuntimeSettings
 from .discovery import EndpointId, KvStore, open_store
+from .netaddr import bind_and_advertise, format_host_port
 from .protocol import codec as wire_codec
 from .protocol import control, items, twopart
 from .protocol import request_plane as rp
@@ -353,7 +359,7 @@ class Client:
         discovery_backend: str = "etcd",
         store: KvStore | None = None,
         settings: RuntimeSettings | None = None,
-        response_host: str = "127.0.0.1",
+        response_host: str | None = None,
         ack_timeout: float = 5.0,
         item_timeout: float | None = 60.0,
         tls: TcpTls | None = None,
@@ -363,7 +369,11 @@ class Client:
         self.endpoint_id = EndpointId(namespace, component, endpoint)
         self._store = store if store is not None else open_store(discovery_backend, settings)
         self._own_store = store is None
-        self.response_host = response_host
+        # As the stock frontend: DYN_TCP_RESPONSE_STREAM_HOST, else the chosen address.
+        self._bind_host, self.response_host = bind_and_advertise(
+            response_host or os.environ.get("DYN_TCP_RESPONSE_STREAM_HOST"),
+            "DYN_TCP_RESPONSE_STREAM_HOST",
+        )
         self.ack_timeout = ack_timeout
         self.item_timeout = item_timeout
         self._subjects: dict[str, ResponseStream] = {}
@@ -386,13 +396,13 @@ class Client:
         server_ssl = self.tls.server_context()
         self._server = await loop.create_server(
             lambda: _CallHome(self),
-            self.response_host,
+            self._bind_host,
             0,
             ssl=server_ssl,
             ssl_handshake_timeout=self.tls.handshake_timeout if server_ssl else None,
         )
         port = self._server.sockets[0].getsockname()[1]
-        self._address = f"{self.response_host}:{port}"
+        self._address = format_host_port(self.response_host, port)
 
     async def close(self) -> None:
         for conn in self._connections.values():

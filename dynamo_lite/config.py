@@ -14,7 +14,6 @@ import enum
 import logging
 import math
 import os
-import socket
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -209,18 +208,11 @@ def _bool_env(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def detect_host() -> str:
-    """The address peers should dial when no host is configured.
+    """The address peers should dial when no host is configured (stock rule,
+    see :mod:`dynamo_lite.netaddr`)."""
+    from .netaddr import detect
 
-    A UDP connect sends nothing; it only asks the kernel which local address
-    routes outward. Without a route we fall back to loopback.
-    """
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))
-            addr: str = s.getsockname()[0]
-            return addr
-    except OSError:
-        return "127.0.0.1"
+    return detect()
 
 
 #: Every environment variable the worker runtime reads (stock names first).
@@ -239,6 +231,7 @@ ENV_VARS = frozenset(
         "DYN_FILE_KV",
         "DYN_TCP_RPC_HOST",
         "DYN_TCP_RPC_PORT",
+        "DYN_TCP_RESPONSE_STREAM_HOST",
         "DYN_TCP_MAX_MESSAGE_SIZE",
         "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS",
         "DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT",

@@ -1,12 +1,12 @@
-"""One served endpoint: admits request frames and drives the engine per request.
+"""One served endpoint: admits requests and drives the engine per request.
 
 Per request (theory of operation)::
 
-    admit(frame)        sync, in the socket callback: decide the reply
+    submit(payload)     sync, in the plane's callback: decide the answer
       ├─ not accepting   → "Server unavailable: …"   (frontend: 503 at once)
       ├─ at capacity     → "Server overloaded: …"    (frontend: 529)
       ├─ bad envelope    → "Server unavailable: malformed request …"
-      └─ ok              → ack, and a request task is spawned
+      └─ ok              → None (the plane acks), and a request task is spawned
     request task
       ├─ dial the frontend, handshake + prologue {"error":null}
       ├─ decode the body (garbage → InvalidArgument error item)
@@ -54,7 +54,7 @@ from .protocol.errors import ProtocolError
 from .stats import EndpointStats
 from .stream import RawStreamValidator, StreamValidator
 from .tasks import TaskSet
-from .transport.response_stream import ResponseStream, open_stream
+from .transport.response_stream import Connector, ResponseStream, open_stream
 
 logger = logging.getLogger(__name__)
 
@@ -144,19 +144,12 @@ class Endpoint:
         self.call_home_ssl: ssl.SSLContext | None = None
         #: A frontend that stops reading for this long is treated as gone.
         self.write_stall_timeout = 60.0
+        #: How call-home connections are dialled (None: ``loop.create_connection``).
+        self.connect: Connector | None = None
 
     # --- admission (runs inside the socket callback) -------------------------
-    def admit(self, frame: rp.RequestFrame) -> bytes:
-        """Request-plane entry: the reply for one frame (ack or rejection)."""
-        try:
-            headers = frame.headers()
-        except ProtocolError:
-            headers = {}
-        rejection = self.submit(frame.payload, headers)
-        return rp.ACK if rejection is None else rp.encode_reply(rejection)
-
     def submit(self, payload: bytes, headers: dict[str, str]) -> str | None:
-        """Admit one request payload from any request plane.
+        """Admit one request payload from any request plane (each encodes the answer).
 
         Returns None when the request was accepted (its task is running), or
         the rejection text (``Server overloaded: …`` / ``Server unavailable: …``).
@@ -270,6 +263,7 @@ class Endpoint:
                     subject,
                     lambda signal: self._on_cancel(req, signal),
                     ssl_context=self.call_home_ssl,
+                    connect=self.connect,
                 )
             except (OSError, TimeoutError) as exc:
                 logger.warning("cannot call home to %s:%d: %s", *address, exc)

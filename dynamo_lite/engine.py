@@ -205,7 +205,7 @@ for _name in _FLAT_FIELDS:
 del _name
 
 
-# --- KV-routing hooks (descriptors only; dynamo_lite publishes no KV events) ---
+# --- KV-routing hooks (the worker side lives in dynamo_lite/kv/) ---
 
 
 @dataclass(frozen=True)

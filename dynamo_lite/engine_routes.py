@@ -51,9 +51,9 @@ from typing import Any, Literal, Protocol
 
 from .config import WorkerConfig
 from .discovery import EndpointId, KvStore
-from .discovery import keys as dkeys
 from .engine import BaseEngine
 from .metrics import EngineMetrics
+from .registration import Registration
 from .system_server import Health, Response
 
 __all__ = [
@@ -93,11 +93,7 @@ class WorkerView(Protocol):
     @property
     def instance_id(self) -> int | None: ...
     @property
-    def card(self) -> dict[str, Any] | None: ...
-    @property
-    def _instance_key(self) -> str | None: ...
-    @property
-    def _mdc_key(self) -> str | None: ...
+    def registration(self) -> Registration | None: ...
 
 
 UNREGISTER_FAILED = (
@@ -119,7 +115,8 @@ class InstanceSwitch:
 
     async def unregister(self) -> None:
         """Remove the instance record; raises when it is not registered (already out, say)."""
-        key = self.worker._instance_key
+        registration = self.worker.registration
+        key = registration.instance_key if registration is not None else None
         if self._parked is not None or key is None:
             raise Exception(UNREGISTER_FAILED)  # stock raises a plain Exception
         store = self.worker.store
@@ -382,17 +379,16 @@ class EngineRoutes:
         return _json({"status": "ok", "taints": taints})
 
     async def _publish_taints(self, taints: list[str]) -> None:
-        worker = self.worker
-        card, key, instance = worker.card, worker._mdc_key, worker.instance_id
-        if card is None or key is None or instance is None:
+        registration = self.worker.registration
+        card = registration.card if registration is not None else None
+        if registration is None or card is None or registration.card_key is None:
             raise RuntimeError("the model card is not registered")
         runtime = card.setdefault("runtime_config", {})
         if taints:
             runtime["taints"] = taints
         else:
             runtime.pop("taints", None)
-        record = dkeys.mdc_record(worker.endpoint_id, instance, card)
-        await worker.store.put(key, dkeys.dumps(record))
+        await registration.publish_card(card)
 
 
 def _taints(body: Any) -> list[str]:

@@ -23,7 +23,7 @@ plus ``WorkerConfig.metrics_labels`` on every series):
   ``…_request_duration_seconds`` (histogram), ``…_inflight_requests``,
   ``…_cancellation_total``; ``dynamo_component_uptime_seconds``
   (``worker_id`` only); ``…_kv_publisher_engines_dropped_events_total``
-  (no endpoint label; always 0: no KV events are published);
+  (no endpoint label; KV events lost to a full queue or a slow event plane);
 * lifecycle gauges once ``start()`` returned (plus ``model``,
   ``model_name``): ``…_model_load_time_seconds``, ``…_drain_time_seconds``
   and ``…_cleanup_time_seconds`` (0 until shutdown measured them);
@@ -330,7 +330,9 @@ class WorkerMetrics:
         wid = {WID: ep[WID]}
         f.value("dynamo_component_uptime_seconds", wid, time.monotonic() - s.health.started)
         no_ep = {k: v for k, v in ep.items() if k != EP}
-        f.value("dynamo_component_kv_publisher_engines_dropped_events_total", no_ep, 0)
+        kv = getattr(s, "kv", None)
+        dropped = kv.dropped_events() if kv is not None else 0
+        f.value("dynamo_component_kv_publisher_engines_dropped_events_total", no_ep, dropped)
 
     def _lifecycle(self, f: _Families) -> None:
         t = self.source.timings

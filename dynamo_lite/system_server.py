@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
+from .netaddr import tcp_listener
+
 if TYPE_CHECKING:
     import h11
 
@@ -180,9 +182,7 @@ class SystemServer:
 
     async def start(self) -> int:
         """Bind the listener; returns the port (``DYN_SYSTEM_PORT=0`` picks one)."""
-        listener = await anyio.create_tcp_listener(
-            local_host=self.host or None, local_port=self.port, reuse_port=False
-        )
+        listener = await tcp_listener(self.host, self.port)
         self._listener = listener
         self.port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
         logger.info("System status server listening on %s:%d", self.host, self.port)
@@ -303,6 +303,8 @@ class SystemServer:
                             await self._respond(conn, stream, event)
                         elif not await self._respond_with_body(conn, stream, event, body_handler):
                             break
+                        if conn.our_state is h11.MUST_CLOSE:
+                            break  # "connection: close" (or HTTP/1.0): done, close now
                     elif event is h11.PAUSED:
                         # One request/response cycle is complete.
                         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:

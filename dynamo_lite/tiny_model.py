@@ -6,7 +6,8 @@ template, ``generation_config.json``) without downloading anything or
 needing the compiled ``tokenizers`` package. The vocabulary is the three
 special tokens, the 256 byte-level symbols and a few merges that spell out
 ``hello world from the tiny model``; :class:`TinyDetokenizer` turns ids back
-into text.
+into text. The test suite uses this model too (the ``tiny_model`` fixture):
+one generator, byte-identical output on every run.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import json
 from pathlib import Path
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+#: Ids fixed by the order above.
+EOS_TOKEN_ID = 0
+BOS_TOKEN_ID = 1
+FILE_NAMES = ("tokenizer.json", "config.json", "tokenizer_config.json", "generation_config.json")
 WORDS = ("hello", " world", " from", " the", " tiny", " model", " quick", " brown", " fox")
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -120,8 +125,8 @@ def write_tiny_model(directory: str | Path) -> Path:
             "hidden_size": 64,
             "num_attention_heads": 4,
             "num_hidden_layers": 1,
-            "bos_token_id": 1,
-            "eos_token_id": 0,
+            "bos_token_id": BOS_TOKEN_ID,
+            "eos_token_id": EOS_TOKEN_ID,
         },
         "tokenizer_config.json": {
             "bos_token": "<|im_start|>",
@@ -130,7 +135,7 @@ def write_tiny_model(directory: str | Path) -> Path:
             "tokenizer_class": "PreTrainedTokenizerFast",
             "chat_template": CHAT_TEMPLATE,
         },
-        "generation_config.json": {"bos_token_id": 1, "eos_token_id": 0},
+        "generation_config.json": {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID},
     }
     for name, content in files.items():
         (root / name).write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n")
@@ -175,3 +180,14 @@ class TinyDetokenizer:
                     pos = end
                     break
         return ids
+
+
+def decode(model_dir: str | Path, ids: list[int], skip_special_tokens: bool = True) -> str:
+    """The text of ``ids`` under the model in ``model_dir`` (what a frontend shows)."""
+    detok = TinyDetokenizer(Path(model_dir) / "tokenizer.json")
+    return detok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def encode(model_dir: str | Path, text: str) -> list[int]:
+    """Token ids of ``text`` (greedy longest match; enough for test prompts)."""
+    return TinyDetokenizer(Path(model_dir) / "tokenizer.json").encode_words(text)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -24,14 +23,13 @@ import anyio.abc
 from . import endpoint_client, model_cards
 from .admission import EngineGate
 from .canary import HealthMonitor, HealthSettings, resolve_payload
-from .card import ModelFiles, build_card, served_model_name, slugify
-from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig, detect_host
+from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
-from .discovery import keys as dkeys
 from .endpoint import Endpoint
-from .engine import BaseEngine, EngineConfig, LlmRegistration, PushSource, RawEngine
+from .engine import BaseEngine, EngineConfig, LlmRegistration, RawEngine
 from .engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
 from .errors import InvalidArgument
+from .kv.routing import KvRouting, start_publishing
 from .lifecycle import (
     EXIT_WATCHDOG,
     BadTlsSettings,
@@ -48,11 +46,13 @@ from .lifecycle import (
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import WorkerMetrics
+from .netaddr import bind_and_advertise
+from .registration import Registration, build_model_card
 from .signals import Watchdog, captured_signals
-from .system_server import Health, Response, SystemServer
+from .system_server import Health, SystemServer
 from .tasks import Service, start_service
-from .transport.nats_plane import NatsError, NatsRequestPlane, subject_for
-from .transport.request_plane import RequestPlaneServer
+from .transport.nats_plane import NatsError
+from .transport.planes import RequestPlane, TcpPlane, open_plane
 from .transport.tls import TcpTls, TlsConfigError
 
 logger = logging.getLogger("dynamo_lite.worker")
@@ -69,27 +69,17 @@ QUIESCENT_POLL = 0.5
 EndpointHandle = ServingEndpoint
 
 
-class _NullKvPublisher:
-    """Stands in for the KV event publisher: dynamo_lite publishes no KV events."""
-
-    def __init__(self) -> None:
-        self.events = 0
-
-    def publish_stored(self, *args: Any, **kwargs: Any) -> None:
-        self.events += 1
-
-    def publish_removed(self, *args: Any, **kwargs: Any) -> None:
-        self.events += 1
-
-
 class _SnapshotPublisher:
     """Receives per-rank snapshots; the latest one per rank is kept for /metrics."""
 
-    def __init__(self, ranks: list[int]) -> None:
+    def __init__(self, ranks: list[int], forward: Callable[[int, Any], None] | None = None) -> None:
         self.latest: dict[int, Any] = {r: None for r in ranks}
+        self._forward = forward
 
     def publish(self, rank: int, snapshot: Any) -> None:
         self.latest[rank] = snapshot
+        if self._forward is not None:
+            self._forward(rank, snapshot)
 
 
 def _as_engine_config(value: Any) -> EngineConfig:
@@ -143,14 +133,14 @@ class Worker:
         self.endpoint_id = EndpointId(config.namespace, config.component, config.endpoint)
         self.endpoint = Endpoint(engine, config.endpoint, raw=isinstance(engine, RawEngine))
         self.endpoint.disagg_role = config.disaggregation_mode.value
-        self.server: RequestPlaneServer | None = None
-        self.nats: NatsRequestPlane | None = None
+        #: How requests reach this worker: TCP or NATS (dynamo_lite/transport/planes.py).
+        self.plane: RequestPlane | None = None
         self.instance_id: int | None = None
         self.engine_config: EngineConfig | None = None
-        self.card: dict[str, Any] | None = None
+        #: The card and the instance record in discovery (dynamo_lite/registration.py).
+        self.registration: Registration | None = None
         self.health = Health()
         self.system_server: SystemServer | None = None
-        self.advertised: tuple[str, int] | None = None
         self.timings: dict[str, float] = {}
         self.lease_recoveries = 0
         self.lease_losses = 0
@@ -166,8 +156,8 @@ class Worker:
         #: Why startup failed, when it did (``serve()`` raises it).
         self.failure: StartupError | None = None
         self._watchdog = Watchdog(self._watchdog_fired)
-        self._instance_key: str | None = None
-        self._mdc_key: str | None = None
+        #: KV events, load metrics and the local indexer (:mod:`dynamo_lite.kv`).
+        self.kv = KvRouting()
         self._tg: anyio.abc.TaskGroup | None = None
         self._services: dict[str, Service] = {}
         #: Cancel scopes that the first shutdown request / a hurry cancels.
@@ -175,6 +165,16 @@ class Worker:
         self._on_hurry: set[anyio.CancelScope] = set()
         self._serving: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
+
+    @property
+    def card(self) -> dict[str, Any] | None:
+        """The model card as registered (None before registration)."""
+        return self.registration.card if self.registration is not None else None
+
+    @property
+    def advertised(self) -> tuple[str, int] | None:
+        """Where the TCP plane tells the frontend to connect (None on NATS or before binding)."""
+        return self.plane.advertised if isinstance(self.plane, TcpPlane) else None
 
     @property
     def lease_renewals(self) -> int:
@@ -412,24 +412,21 @@ class Worker:
             self.endpoint.max_inflight = s.max_inflight
             self.endpoint.engine_gate = EngineGate.from_env()
             self.endpoint.write_stall_timeout = s.write_stall_timeout
-            if plane == "nats":
-                self.nats = NatsRequestPlane()
-                await self.nats.connect()
-            else:
-                host = s.tcp_host
-                self.server = RequestPlaneServer(
-                    host or "0.0.0.0",
-                    s.tcp_port,
-                    max_message_size=s.max_message_size,
-                    ssl_context=server_ssl,
-                    ssl_handshake_timeout=tls.handshake_timeout,
-                    frame_timeout=s.frame_timeout,
-                    idle_timeout=s.idle_timeout,
-                    max_connections=s.max_connections,
-                )
-                port = await self.server.start()
-                await self._start_service("request-plane sweeper", self.server.sweep)
-                self.advertised = (host or detect_host(), port)
+            # As stock: bound to, and advertised as, the chosen address.
+            bind, advertised = bind_and_advertise(s.tcp_host, "DYN_TCP_RPC_HOST")
+            self.plane = open_plane(
+                plane,
+                host=bind,
+                port=s.tcp_port,
+                advertise_host=advertised,
+                max_message_size=s.max_message_size,
+                ssl_context=server_ssl,
+                ssl_handshake_timeout=tls.handshake_timeout,
+                frame_timeout=s.frame_timeout,
+                idle_timeout=s.idle_timeout,
+                max_connections=s.max_connections,
+            )
+            await self.plane.start(tg)
             self.store.on_lost = self._on_lease_lost
             self.store.on_recovered = self._on_lease_recovered
             self.instance_id = await self.store.open()
@@ -474,30 +471,32 @@ class Worker:
         self._validate_model_input()
         await engine.register_prometheus(self.metrics.engine_metrics())
         ranks = list(engine.component_metrics_dp_ranks())
-        if cfg.enable_kv_routing and hasattr(engine, "kv_event_sources"):
-            for source in await engine.kv_event_sources():
-                if isinstance(source, PushSource):
-                    source.on_ready(_NullKvPublisher())
-        if ranks:
-            self.snapshots = _SnapshotPublisher(ranks)
+        self.kv = await start_publishing(self, ranks)
+        # As stock: with KV routing off there is no snapshot publisher either.
+        if ranks and cfg.enable_kv_routing:
+            self.snapshots = _SnapshotPublisher(ranks, self.kv.on_snapshot)
             engine.attach_snapshot_publisher(self.snapshots)
-        model_dir = cfg.model_name or self.engine_config.model
-        files = await asyncio.to_thread(
-            functools.partial(ModelFiles.scan, model_dir, tokens=not self.endpoint.raw)
+        card = await build_model_card(
+            cfg,
+            self.engine_config,
+            tokens=not self.endpoint.raw,
+            system_server=self.system_server,
+            system_host=self.settings.system_host,
+            self_host=os.environ.get("DYN_SELF_HOST_METADATA", "1").strip().lower()
+            not in ("0", "false"),
+            enable_local_indexer=self.kv.enable_local_indexer,
         )
-        self.card = build_card(files, cfg, self.engine_config, url_for=await self._self_host(files))
         logger.debug("local model built")
+        self.registration = Registration(self.store, self.endpoint_id, self.instance_id)
         self.instance_switch = InstanceSwitch(self)
         handle = ServingEndpoint(
             cfg.namespace, cfg.component, cfg.endpoint, self.instance_id, self.instance_switch
         )
         await engine.on_endpoint_ready(handle)
         ep = self.endpoint_id
-        self._mdc_key = ep.mdc_key(self.instance_id)
-        await self.store.put(
-            self._mdc_key, dkeys.dumps(dkeys.mdc_record(ep, self.instance_id, self.card))
-        )
-        logger.debug("model registered with discovery")
+        await self.registration.publish_card(card)
+        # The local indexer's query endpoint is registered after the card, as stock.
+        await self.kv.register_recovery()
         # /engine/control|update/<name> on the system port (dynamo_lite/engine_routes.py).
         self.engine_routes = EngineRoutes(self, engine, self.instance_switch)
         if self.system_server is not None:
@@ -508,71 +507,20 @@ class Worker:
         )
         # Open the endpoint before advertising it so the first request finds it.
         self.endpoint.accepting = True
-        transport: dict[str, str]
-        if self.nats is not None:
-            subject = subject_for(cfg.namespace, cfg.component, cfg.endpoint, self.instance_id)
-            await self._start_service("NATS subscription", self.nats.serve, subject, self.endpoint)
-            transport = {"nats_tcp": subject}
-        else:
-            assert self.server is not None and self.advertised is not None
-            self.server.endpoints[ep.endpoint_path(self.instance_id)] = self.endpoint
-            host, port = self.advertised
-            transport = dkeys.tcp_transport(host, port, ep, self.instance_id)
-        record = dkeys.instance_record(ep, self.instance_id, transport, self.settings.request_codec)
-        self._instance_key = ep.instance_key(self.instance_id)
-        await self.store.put(self._instance_key, dkeys.dumps(record))
+        assert self.plane is not None and self._tg is not None
+        transport = await self.plane.serve(self._tg, ep, self.instance_id, self.endpoint)
+        await self.registration.publish_instance(transport, self.settings.request_codec)
         # With the canary on, the endpoint is ready once a probe or a request succeeds.
         self.health.set_endpoint(cfg.endpoint, not self.monitor.canary_active)
         self.health.serving = True
         assert self._tg is not None
         await self.monitor.start(self._tg)
-        logger.info("Serving %s on %s", self.card["display_name"], ep)
-
-    async def _self_host(self, files: ModelFiles) -> Callable[[str], str] | None:
-        """Serve the model files from the system server and return their URLs.
-
-        As in stock: on whenever the system server runs, unless
-        ``DYN_SELF_HOST_METADATA=0``. A frontend on another host then needs no
-        access to the model directory. The bytes are read once, here, so what
-        is served always matches the checksums in the card.
-        """
-        server = self.system_server
-        if server is None:
-            logger.debug("no system port: the model card points at local file paths")
-            return None
-        if os.environ.get("DYN_SELF_HOST_METADATA", "1").strip().lower() in ("0", "false"):
-            return None
-        contents = {
-            name: await asyncio.to_thread(path.read_bytes)
-            for name, (path, _checksum, _size) in files.files.items()
-        }
-        cfg = self.config
-        slug = slugify(served_model_name(cfg, self.engine_config))
-        prefix = f"/v1/metadata/{cfg.namespace}/{cfg.component}/{cfg.endpoint}/{slug}/_base/"
-        host = self.settings.system_host
-        if host in ("", "0.0.0.0", "::"):
-            host = detect_host()
-        base = f"http://{host}:{server.port}{prefix}"
-
-        def serve_file(method: str, path: str) -> Response:
-            body = contents.get(path[len(prefix) :]) if path.startswith(prefix) else None
-            if body is None:
-                return Response(404, b"Not found")
-            return Response(200, body, "application/octet-stream")
-
-        server.route("/v1/metadata/", serve_file, prefix=True)
-        return lambda name: base + name
+        logger.info("Serving %s on %s", card["display_name"], ep)
 
     # --- shutdown --------------------------------------------------------------
     async def _unregister_instance(self) -> None:
-        key, self._instance_key = self._instance_key, None
-        if key is None:
-            return
-        try:
-            await self.store.delete(key)
-            logger.info("Endpoint unregistered from discovery")
-        except DiscoveryError as exc:
-            logger.warning("discovery unregister failed error=%s", exc)
+        if self.registration is not None:
+            await self.registration.withdraw_instance()
 
     async def _shutdown(self) -> int:
         """From the current state on to STOPPED; returns the exit status.
@@ -625,7 +573,8 @@ class Worker:
         self.endpoint.unavailable_detail = "worker is draining"
         self.endpoint.accepting = False
         # Over NATS, leaving the queue group is the "unavailable" answer.
-        await self._stop_service("NATS subscription")
+        if self.plane is not None:
+            await self.plane.stop_accepting()
         t0 = time.monotonic()
         reason = await self._drain()
         self.timings["drain"] = time.monotonic() - t0
@@ -736,20 +685,12 @@ class Worker:
         await self.endpoint.join(TEARDOWN_JOIN_BOUND)
         await self.endpoint.close()
         # Phase 3: close the listener, delete the card, release liveness.
-        await self._stop_service("request-plane sweeper")
-        if self.server is not None:
-            self.server.endpoints.clear()
-            await self.server.close()
-        await self._stop_service("NATS subscription")
-        if self.nats is not None:
-            await self.nats.close()
+        if self.plane is not None:
+            await self.plane.close()
         await self._unregister_instance()
-        if self._mdc_key is not None and self._store is not None:
-            try:
-                await self._store.delete(self._mdc_key)
-            except DiscoveryError as exc:
-                logger.warning("model card delete failed error=%s", exc)
-            self._mdc_key = None
+        await self.kv.close()
+        if self.registration is not None:
+            await self.registration.withdraw_card()
         if self._store is not None:
             await model_cards.withdraw_all(self)  # LoRA cards the engine published
         await endpoint_client.close_all(self)  # clients from endpoint.client()

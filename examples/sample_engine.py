@@ -338,15 +338,46 @@ class SampleLLMEngine(LLMEngine):
 
         blocks = self._store_prompt_blocks(prompt_len)
         self.active += 1
+        # One generator per request, tokens yielded straight from this loop: a
+        # nested generator would double the per-token cost the benchmarks measure.
         try:
             with telemetry.start_span(context, "sample.tokens", prompt_len=prompt_len):
-                async for chunk in self._tokens(prompt_len, max_new, context, top_k):
-                    if multimodal is not None and "finish_reason" in chunk:
-                        chunk["engine_data"] = {"sample_multimodal": multimodal}
+                for i in range(max_new):
+                    if context.is_stopped():
+                        yield _cancelled(prompt_len, i)
+                        return
+                    # Like the stock engine, yield to the loop before every token,
+                    # even with no delay: generation is never one blocking step.
+                    await asyncio.sleep(self.delay)
+                    token = (i + 1) % VOCAB_WRAP
+                    chunk: GenerateChunk = {"token_ids": [token], "index": 0}
+                    if top_k is not None:
+                        synthetic_logprobs(chunk, top_k)
+                    if i == max_new - 1:
+                        self._finish(chunk, token, prompt_len, max_new, multimodal)
                     yield chunk
         finally:
             self.active -= 1
             self._remove_blocks(blocks)
+
+    def _finish(
+        self,
+        chunk: GenerateChunk,
+        token: int,
+        prompt_len: int,
+        max_new: int,
+        multimodal: dict[str, Any] | None,
+    ) -> None:
+        """The terminal chunk's extras: finish reason, usage, role-specific fields."""
+        chunk["finish_reason"] = "length"
+        chunk["completion_usage"] = _usage(prompt_len, max_new)
+        if self.disaggregation_mode is DisaggregationMode.PREFILL:
+            chunk["disaggregated_params"] = {
+                "sample_handle": uuid.uuid4().hex,
+                "completed_tokens": [token],
+            }
+        if multimodal is not None:
+            chunk["engine_data"] = {"sample_multimodal": multimodal}
 
     async def _encode(
         self, request: GenerateRequest, context: Context, prompt_len: int
@@ -359,30 +390,6 @@ class SampleLLMEngine(LLMEngine):
             yield _cancelled(prompt_len, 0)
             return
         yield encoder_terminal_chunk(result, completion_usage=_usage(prompt_len, 0))
-
-    async def _tokens(
-        self, prompt_len: int, max_new: int, context: Context, top_k: int | None
-    ) -> AsyncGenerator[GenerateChunk, None]:
-        for i in range(max_new):
-            if context.is_stopped():
-                yield _cancelled(prompt_len, i)
-                return
-            # Like the stock engine, yield to the loop before every token,
-            # even with no delay: generation is never one blocking step.
-            await asyncio.sleep(self.delay)
-            token = (i + 1) % VOCAB_WRAP
-            chunk: GenerateChunk = {"token_ids": [token], "index": 0}
-            if top_k is not None:
-                synthetic_logprobs(chunk, top_k)
-            if i == max_new - 1:
-                chunk["finish_reason"] = "length"
-                chunk["completion_usage"] = _usage(prompt_len, max_new)
-                if self.disaggregation_mode is DisaggregationMode.PREFILL:
-                    chunk["disaggregated_params"] = {
-                        "sample_handle": uuid.uuid4().hex,
-                        "completed_tokens": [token],
-                    }
-            yield chunk
 
     async def abort(self, context: Context) -> None:
         logger.debug("request %s aborted", context.id())

@@ -10,6 +10,9 @@ from typing import Any, Protocol
 
 import pytest
 
+from dynamo_lite.tiny_model import write_tiny_model
+from tests.support.cluster import Cluster, copy_model
+from tests.support.netns import Lab, lab_or_fail
 from tests.support.services import (
     EtcdServer,
     ManagedProcess,
@@ -21,7 +24,6 @@ from tests.support.stock import (
     StockSampleWorker,
     stock_python,
 )
-from tests.support.tiny_model import build_tiny_model
 
 # Tests using these fixtures get the matching marker automatically, so
 # `-m "not interop"` / `-m "not services"` select correctly without
@@ -33,6 +35,7 @@ _INTEROP_FIXTURES = frozenset(
         "stock_frontend_file",
         "stock_frontend_etcd",
         "stock_sample_worker",
+        "cluster",
     }
 )
 _SERVICE_FIXTURES = frozenset({"etcd", "etcd_session", "nats", "nats_session"})
@@ -40,6 +43,9 @@ _SERVICE_FIXTURES = frozenset({"etcd", "etcd_session", "nats", "nats_session"})
 
 def pytest_configure(config: pytest.Config) -> None:
     install_signal_handlers()
+    # In-process clients advertise a call-home address chosen like the stock
+    # frontend's; tests outside the namespaces they make stay on loopback.
+    os.environ.setdefault("DYN_TCP_RESPONSE_STREAM_HOST", "127.0.0.1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -63,8 +69,12 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory of the tiny byte-level BPE model (built once per session)."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+    """Directory of the tiny byte-level BPE model (built once per session).
+
+    The package's own generator (``dynamo-lite tiny-model``), so the tests serve
+    exactly what the demo and the benchmarks serve.
+    """
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 # -- etcd / nats ---------------------------------------------------------------
@@ -108,6 +118,29 @@ def nats_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServe
         yield server.start()
     finally:
         server.close()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    """Network-namespace hosts (tests/support/netns.py), all removed afterwards.
+
+    Skips when namespaces cannot be made, but fails under CI.
+    """
+    lab_or_fail()
+    with Lab(tmp_path / "lab") as made:
+        yield made
+
+
+@pytest.fixture
+def cluster(lab: Lab, tiny_model: Path, tmp_path: Path) -> Iterator[Cluster]:
+    """etcd on an ``infra`` host, a ``frontend`` host that cannot see the model
+    directory and a ``client`` host (tests/support/cluster.py); no frontend or
+    worker is started yet."""
+    made = Cluster(lab, copy_model(tiny_model, tmp_path / "models" / "tiny-model"))
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dynamo_lite import _pyblake3, checksum
+from tests.support.extras import require_module
 
 VECTORS = json.loads(
     (Path(__file__).parent / "vectors" / "blake3_test_vectors.json").read_text("utf-8")
@@ -137,7 +138,7 @@ def test_chunk_counters_above_32_bits(n: int) -> None:
     key=st.binary(min_size=32, max_size=32),
 )
 def test_matches_blake3_package(data: bytes, length: int, key: bytes) -> None:
-    blake3 = pytest.importorskip("blake3")
+    blake3 = require_module("blake3")
     assert _pyblake3.blake3_digest(data, length) == blake3.blake3(data).digest(length)
     assert _pyblake3.keyed_hash(key, data, length) == blake3.blake3(data, key=key).digest(length)
     assert (
@@ -158,7 +159,7 @@ MIB = 1 << 20
     ],
 )
 def test_multi_megabyte_matches_blake3_package(n: int) -> None:
-    blake3 = pytest.importorskip("blake3")
+    blake3 = require_module("blake3")
     data = deterministic(n, n)
     expected = blake3.blake3(data).digest(length=96)
     assert _pyblake3.blake3_digest(data, 96) == expected
@@ -364,7 +365,7 @@ def test_pure_env_forces_pure_implementation(
 
 
 def test_native_package_is_used_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("blake3")
+    require_module("blake3")
     monkeypatch.setattr(_pyblake3, "Hasher", None)  # would fail if used
     assert checksum.implementation() == "blake3"
     assert checksum.blake3_hex(vector_input(1025)) == VECTORS["cases"][4]["hash"][:64]

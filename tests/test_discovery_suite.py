@@ -200,8 +200,12 @@ async def test_keepalive_every_half_ttl_keeps_records_past_the_ttl(
     async with closing_store(make_store(impl, [etcd_session.endpoint], ttl=2)) as store:
         lease = await store.open()
         await store.put(f"{prefix}{lease:x}", b"x")
+        began = time.monotonic()
         await anyio.sleep(3.3)  # well past the TTL: only keepalives keep it
-        assert 2 <= store.renewals <= 4, store.renewals  # every TTL/2 = 1 s
+        # Every TTL/2 = 1 s: at least one renewal, and never faster than that cadence
+        # (a loaded machine may only make renewals rarer).
+        most = (time.monotonic() - began) / 1.0 + 1
+        assert 1 <= store.renewals <= most, store.renewals
         assert store.losses == 0 and store.recoveries == 0
         assert etcd_keys(etcd_session, prefix) == {f"{prefix}{lease:x}": b"x"}
         assert etcd_session.lease_ttl(lease)[0] > 0
@@ -301,8 +305,9 @@ async def test_etcd_down_longer_than_the_ttl_then_back(impl: str, etcd: EtcdServ
         key = f"{prefix}{lease:x}"
         await store.put(key, b"x")
         etcd.kill()
-        await anyio.sleep(3.2)  # past the TTL with no keepalive
-        assert store.losses == 1  # "Unable to maintain lease" was reported once
+        # Past the TTL with no keepalive, "Unable to maintain lease" is reported once.
+        await eventually(lambda: store.losses >= 1, 30, "lease loss reported")
+        assert store.losses == 1
         with pytest.raises(DiscoveryUnavailable):
             await store.list(prefix)
         await anyio.to_thread.run_sync(etcd.start)
@@ -322,8 +327,7 @@ async def test_several_endpoints_with_the_first_dead(impl: str, etcd_session: Et
     async with closing_store(make_store(impl, endpoints, ttl=2)) as store:
         lease = await store.open()
         await store.put(f"{prefix}{lease:x}", b"x")
-        await anyio.sleep(1.3)
-        assert store.renewals >= 1
+        await eventually(lambda: store.renewals >= 1, 15, "a renewal through the live endpoint")
         assert await store.list(prefix) == {f"{prefix}{lease:x}": b"x"}
     assert etcd_keys(etcd_session, prefix) == {}
 
@@ -332,9 +336,9 @@ async def test_several_endpoints_with_the_first_dead(impl: str, etcd_session: Et
 async def test_startup_failure_is_bounded(impl: str) -> None:
     store = make_store(impl, [dead_endpoint(), dead_endpoint()], startup_timeout=1.5)
     start = time.monotonic()
-    with pytest.raises(DiscoveryUnavailable, match=r"within 1\.5s"):
+    with anyio.fail_after(30), pytest.raises(DiscoveryUnavailable, match=r"within 1\.5s"):
         await store.open()
-    assert 1.4 < time.monotonic() - start < 4
+    assert time.monotonic() - start >= 1.4  # kept retrying until its timeout
     await store.close()
 
 
@@ -345,12 +349,12 @@ async def test_an_endpoint_that_never_answers_times_out(impl: str) -> None:
         silent.listen(16)  # accepts the connection, never speaks
         endpoint = f"http://{LOOPBACK}:{silent.getsockname()[1]}"
         store = make_store(impl, [endpoint], request_timeout=0.5, startup_timeout=0)
-        start = time.monotonic()
-        with pytest.raises(DiscoveryUnavailable):
-            await store.list("v1/instances/")
-        with pytest.raises(DiscoveryUnavailable):
-            await store.open()
-        assert time.monotonic() - start < 4
+        # Without the request timeout both calls would hang; the bound catches that.
+        with anyio.fail_after(30):
+            with pytest.raises(DiscoveryUnavailable):
+                await store.list("v1/instances/")
+            with pytest.raises(DiscoveryUnavailable):
+                await store.open()
         await store.close()
 
 
@@ -391,12 +395,13 @@ def etcd_auth(tmp_path: Path) -> Iterator[EtcdServer]:
 @pytest.mark.anyio
 async def test_user_password_auth_and_token_renewal(impl: str, etcd_auth: EtcdServer) -> None:
     prefix = unique_prefix()
-    wrong = make_store(impl, [etcd_auth.endpoint], username="root", password="nope")
-    start = time.monotonic()
-    with pytest.raises(DiscoveryError, match="authentication failed") as info:
+    wrong = make_store(
+        impl, [etcd_auth.endpoint], username="root", password="nope", startup_timeout=120
+    )
+    # Not retried: a retry loop would run into the bound long before its 120 s timeout.
+    with anyio.fail_after(30), pytest.raises(DiscoveryError, match="authentication failed") as info:
         await wrong.open()
-    assert not isinstance(info.value, DiscoveryUnavailable)  # not retried
-    assert time.monotonic() - start < 2
+    assert not isinstance(info.value, DiscoveryUnavailable)
     await wrong.close()
 
     anonymous = make_store(impl, [etcd_auth.endpoint])

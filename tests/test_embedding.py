@@ -378,6 +378,29 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+async def _settled(
+    tasks_before: set[asyncio.Task[Any]], fds_before: set[str], timeout: float = 5.0
+) -> tuple[set[asyncio.Task[Any]], set[str]]:
+    """Wait (bounded) until no task or fd beyond ``*_before`` is left; return what is left.
+
+    Closing callbacks run on later loop turns: this waits for them rather than
+    for a fixed time. An empty ``fds_before`` means: do not look at fds.
+    """
+    me = asyncio.current_task()
+    left_tasks: set[asyncio.Task[Any]] = set()
+    left_fds: set[str] = set()
+    with anyio.move_on_after(timeout):
+        while True:
+            left_tasks = {
+                t for t in asyncio.all_tasks() - tasks_before if not t.done() and t is not me
+            }
+            left_fds = _fds() - fds_before if fds_before else set()
+            if not left_tasks and not left_fds:
+                break
+            await asyncio.sleep(0.01)
+    return left_tasks, left_fds
+
+
 async def _thousand_requests(worker_store: FileStore, root: Path) -> dict[str, int]:
     outcomes = {"ok": 0, "cancelled": 0, "killed": 0, "failed": 0}
     async with Client("dynamo", "leak", "generate", store=FileStore(root)) as client:
@@ -431,17 +454,17 @@ async def test_a_thousand_requests_and_a_shutdown_leave_nothing_behind(
         return engine, outcomes
 
     # A first run warms up whatever the loop and the libraries create once.
+    warm_up_tasks = asyncio.all_tasks()
     await one_worker(0, requests=False)
-    await asyncio.sleep(0.05)
+    await _settled(warm_up_tasks, set())  # its fds may stay (created once); its tasks must not
     tasks_before, fds_before = asyncio.all_tasks(), _fds()
     engine, outcomes = await one_worker(1, requests=True)
-    await asyncio.sleep(0.05)
+    left_tasks, left_fds = await _settled(tasks_before, fds_before)
     assert sum(outcomes.values()) == 1000, outcomes
     assert outcomes["failed"] == 200 and outcomes["killed"] == 200, outcomes
     assert len(engine.aborts) == 400  # every stop and kill, exactly once
-    left_tasks = {t for t in asyncio.all_tasks() - tasks_before if not t.done()}
     assert not left_tasks, left_tasks
-    assert _fds() - fds_before == set()
+    assert left_fds == set()
 
 
 async def test_async_killed_or_stopped_creates_no_task() -> None:

@@ -19,6 +19,7 @@ from dynamo_lite.discovery import EndpointId
 from dynamo_lite.discovery import keys as dkeys
 from dynamo_lite.discovery.memory import MemoryStore
 from dynamo_lite.engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
+from dynamo_lite.registration import Registration
 from dynamo_lite.system_server import Health, SystemServer
 
 pytestmark = pytest.mark.anyio
@@ -78,17 +79,24 @@ class FakeWorker:
     config: WorkerConfig = field(default_factory=lambda: WorkerConfig(namespace="dynamo"))
     endpoint_id: EndpointId = ENDPOINT
     instance_id: int | None = 7
-    card: dict[str, Any] | None = field(default_factory=lambda: {"runtime_config": {"a": 1}})
-    _instance_key: str | None = ENDPOINT.instance_key(7)
-    _mdc_key: str | None = ENDPOINT.mdc_key(7)
+    registration: Registration | None = None
+
+    @property
+    def _instance_key(self) -> str:
+        return ENDPOINT.instance_key(7)
+
+    @property
+    def _mdc_key(self) -> str:
+        return ENDPOINT.mdc_key(7)
 
 
 @pytest.fixture
 async def worker(request: pytest.FixtureRequest) -> FakeWorker:
     store = MemoryStore(f"routes-{request.node.name}", instance_id=7)
     w = FakeWorker(store)
-    assert w._instance_key is not None
-    await store.put(w._instance_key, b'{"instance": 7}')
+    w.registration = Registration(store, ENDPOINT, 7)
+    await w.registration.publish_card({"runtime_config": {"a": 1}})
+    await w.registration.publish_instance({"tcp": "127.0.0.1:1/x"}, "msgpack")
     w.health.set_endpoint("generate", True)
     w.health.serving = True
     return w
@@ -101,7 +109,6 @@ async def call(routes: EngineRoutes, path: str, body: bytes = b"{}") -> tuple[in
 
 
 async def registered(w: FakeWorker) -> bool:
-    assert w._instance_key is not None
     return w._instance_key in await w.store.list(w._instance_key)
 
 
@@ -197,7 +204,6 @@ async def test_model_taints(worker: FakeWorker) -> None:
     routes = EngineRoutes(worker, ControlEngine())
 
     async def card_taints() -> Any:
-        assert worker._mdc_key is not None
         raw = (await worker.store.list(worker._mdc_key))[worker._mdc_key]
         return json.loads(raw)["card_json"]["runtime_config"].get("taints")
 
@@ -220,7 +226,9 @@ async def test_model_taints(worker: FakeWorker) -> None:
     await call(routes, "/engine/update/model_taints", b'{"taints":[]}')
     assert await card_taints() is None
     record = json.loads((await worker.store.list(ENDPOINT.mdc_key(7)))[ENDPOINT.mdc_key(7)])
-    assert record == json.loads(dkeys.dumps(dkeys.mdc_record(ENDPOINT, 7, worker.card or {})))
+    assert worker.registration is not None
+    card = worker.registration.card or {}
+    assert record == json.loads(dkeys.dumps(dkeys.mdc_record(ENDPOINT, 7, card)))
 
 
 async def test_an_engine_update_named_model_taints_is_refused(worker: FakeWorker) -> None:

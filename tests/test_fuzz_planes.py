@@ -55,8 +55,8 @@ class Live:
 
     @property
     def address(self) -> tuple[str, int]:
-        assert self.h is not None and self.h.worker.server is not None
-        return "127.0.0.1", self.h.worker.server.port
+        assert self.h is not None and self.h.worker.advertised is not None
+        return "127.0.0.1", self.h.worker.advertised[1]
 
     async def healthy(self) -> None:
         assert self.h is not None
@@ -197,7 +197,7 @@ def test_oversized_frame_is_refused_with_bounded_memory(live: Live) -> None:
 
 def test_slow_loris_is_cut_and_others_are_served(live: Live) -> None:
     async def case() -> None:
-        assert live.h is not None and live.h.worker.server is not None
+        assert live.h is not None and live.h.worker.advertised is not None
         async with raw(live.address) as (reader, writer):
             writer.write(struct.pack(">H", 5) + b"ab")  # and nothing more
             await writer.drain()

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from dynamo_lite.tiny_model import decode
 from tests.support.lite import events_of, wait_until, worker_argv, worker_env
 from tests.support.services import EtcdServer, ManagedProcess
 from tests.support.stock import StockFrontend
-from tests.support.tiny_model import decode
 
 pytestmark = pytest.mark.interop
 

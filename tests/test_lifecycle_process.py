@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from dynamo_lite.discovery import keys
+from tests.support.extras import require_module
 from tests.support.lite import REPO, read_events, wait_until, worker_argv, worker_env
 from tests.support.ports import free_port
 from tests.support.services import EtcdServer, ManagedProcess
@@ -29,7 +30,26 @@ def names(events: Path) -> list[str]:
 
 
 def instance_files(kv: Path) -> list[Path]:
-    return [p for p in (kv / "v1" / "instances").glob("*") if p.is_file()]
+    # The serving endpoint's records (not the KV query endpoint's).
+    return [
+        p
+        for p in (kv / "v1" / "instances").glob("*")
+        if p.is_file() and "worker%5Fkv%5Fquery" not in p.name
+    ]
+
+
+def etcd_instance_keys(etcd: EtcdServer) -> list[str]:
+    import base64
+
+    r = httpx.post(
+        etcd.endpoint + "/v3/kv/range",
+        timeout=5,
+        json={
+            "key": base64.b64encode(b"v1/instances/").decode(),
+            "range_end": base64.b64encode(b"v1/instances0").decode(),
+        },
+    )
+    return [base64.b64decode(kv["key"]).decode() for kv in r.json().get("kvs", [])]
 
 
 def start_worker(
@@ -135,11 +155,12 @@ def test_signal_during_discovery_connect_exits_0_without_start(
         ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS="60",
     )
     proc = spawn(worker_argv(tiny_model, script=LIFECYCLE, discovery="etcd"), env=env)
-    time.sleep(1.0)
-    t0 = time.monotonic()
+    wait_until(
+        lambda: "etcd not reachable yet" in proc.log_text(), timeout=20, what="discovery connect"
+    )
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(10) == 0
-    assert time.monotonic() - t0 < 2
+    # Well inside the 60 s connect timeout: the signal ended the connect.
+    assert proc.wait(20) == 0
     assert names(events) == ["from_args"]
 
 
@@ -221,10 +242,10 @@ def test_watchdog_force_exits_with_143(
         DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT="1",
         DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS="0.5",
     )
-    t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(15) == 143  # exit(911), as the stock worker
-    assert 1.3 < time.monotonic() - t0 < 5
+    # The watchdog (1 s) cut the 30 s cleanup short: exit(911), as the stock worker.
+    assert proc.wait(20) == 143
+    assert "cleanup" in names(events)
     assert "force-exiting with code 911" in proc.log_text()
 
 
@@ -259,6 +280,11 @@ def test_second_signal_skips_grace_and_drain(
     )
 
     async def scenario() -> str:
+        # Well inside the 30 s grace: the second signal skipped it.
+        with anyio.fail_after(20):
+            return await cut_stream()
+
+    async def cut_stream() -> str:
         async with Client("dynamo", "sample", "generate", store=FileStore(file_kv)) as client:
             stream = await client.generate(
                 {"token_ids": [1], "stop_conditions": {"max_tokens": 100_000}}
@@ -275,10 +301,8 @@ def test_second_signal_skips_grace_and_drain(
                 return err.error_class
             return "no error"
 
-    t0 = time.monotonic()
     assert anyio.run(scenario) == "Unavailable"
     assert proc.wait(10) == 0
-    assert time.monotonic() - t0 < 6
     assert names(events).count("cleanup") == 1
 
 
@@ -289,22 +313,9 @@ def test_lease_loss_reregisters_and_keeps_serving(
     env = worker_env(etcd_endpoint=etcd.endpoint, events=events, ETCD_LEASE_TTL="2")
     proc = spawn(worker_argv(tiny_model, script=LIFECYCLE, discovery="etcd"), env=env)
 
-    def instance_keys() -> list[str]:
-        import base64
-
-        r = httpx.post(
-            etcd.endpoint + "/v3/kv/range",
-            timeout=5,
-            json={
-                "key": base64.b64encode(b"v1/instances/").decode(),
-                "range_end": base64.b64encode(b"v1/instances0").decode(),
-            },
-        )
-        return [base64.b64decode(kv["key"]).decode() for kv in r.json().get("kvs", [])]
-
-    before = wait_until(instance_keys, timeout=20, what="registration")
+    before = wait_until(lambda: etcd_instance_keys(etcd), timeout=20, what="registration")
     etcd.restart(keep_data=False)
-    wait_until(lambda: instance_keys() == before, timeout=10, what="re-registration")
+    wait_until(lambda: etcd_instance_keys(etcd) == before, timeout=10, what="re-registration")
     assert proc.running
     assert "discovery liveness restored" in proc.log_text()
     proc.send_signal(signal.SIGTERM)
@@ -323,7 +334,7 @@ def test_lease_loss_can_restore_the_stock_exit(
     )
     proc = spawn(worker_argv(tiny_model, script=LIFECYCLE, discovery="etcd"), env=env)
     wait_until(lambda: "health_check_payload" in names(events), timeout=20, what="serving")
-    time.sleep(0.3)
+    wait_until(lambda: etcd_instance_keys(etcd), timeout=20, what="registration")
     etcd.restart(keep_data=False)
     assert proc.wait(20) == 0
     assert names(events).count("cleanup") == 1
@@ -348,7 +359,8 @@ def test_prefill_drain_polls_is_quiescent(
     polls = [e for e in recorded if e["event"] == "is_quiescent"]
     assert [p["n"] for p in polls] == [1, 2, 3]
     gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(polls)]
-    assert all(0.4 < g < 1.0 for g in gaps), gaps  # polled every 0.5 s
+    # Polled every 0.5 s: never faster (a slow machine may only make it slower).
+    assert all(g >= 0.4 for g in gaps), gaps
     order = names(events)
     assert order.index("is_quiescent") < order.index("cleanup")
     assert "polling is_quiescent" in proc.log_text()
@@ -363,17 +375,15 @@ def test_unregister_is_immediate_and_grace_is_honoured(
     )
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    wait_until(
-        lambda: not instance_files(file_kv),
-        timeout=2,
-        interval=0.005,
-        what="instance record removed",
-    )
-    assert time.monotonic() - t0 < 0.25
+    wait_until(lambda: not instance_files(file_kv), timeout=20, what="instance record removed")
     assert proc.wait(20) == 0
-    elapsed = time.monotonic() - t0
-    assert 1.5 <= elapsed < 4, elapsed
-    assert "Grace period 1.50s before drain" in proc.log_text()
+    # Unregistered first, then the grace period, then the drain; never a shorter grace.
+    log = proc.log_text()
+    unregistered = log.index("Endpoint unregistered from discovery")
+    assert unregistered < log.index("Grace period 1.50s before drain")
+    order = names(events)
+    assert order.index("drain") < order.index("cleanup")
+    assert time.monotonic() - t0 >= 1.5
 
 
 @pytest.mark.parametrize("uvloop", ["1", "0"])
@@ -385,7 +395,7 @@ def test_worker_serves_with_and_without_uvloop(
     from dynamo_lite.client import Client
     from dynamo_lite.discovery import FileStore
 
-    pytest.importorskip("uvloop")
+    require_module("uvloop")
     events = tmp_path / "events.jsonl"
     proc = start_worker(spawn, tiny_model, file_kv, events, DYN_LITE_UVLOOP=uvloop)
 

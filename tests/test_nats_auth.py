@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.extras import require_module
 from tests.support.lite import worker_argv, worker_env
 from tests.support.ports import LOOPBACK, free_port, wait_port
 from tests.support.services import make_test_pki, nats_server_binary
@@ -119,7 +120,7 @@ def test_wrong_password_fails_startup(tiny_model: Path, file_kv: Path, spawn: An
 def test_nkey_authentication(
     tiny_model: Path, file_kv: Path, tmp_path: Path, spawn: Any, stock_frontend: Any
 ) -> None:
-    nkeys = pytest.importorskip("nkeys")
+    nkeys = require_module("nkeys")
     import os
 
     seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
@@ -165,7 +166,7 @@ def test_nkey_authentication(
 def test_creds_file_authentication(
     tiny_model: Path, file_kv: Path, tmp_path: Path, spawn: Any, stock_frontend: Any
 ) -> None:
-    pytest.importorskip("nkeys")
+    require_module("nkeys")
     from tests.support.nats_jwt import make_operator_setup
 
     port = free_port()

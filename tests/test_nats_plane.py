@@ -66,7 +66,8 @@ def test_stock_frontend_routes_over_nats(
     proc = spawn([*argv, "--component", component], env=env, name="lite-nats")
     model = str(tiny_model)
     fe.wait_model(model, timeout=30)
-    record = json.loads(next((file_kv / "v1" / "instances").iterdir()).read_text())
+    (path,) = [p for p in (file_kv / "v1" / "instances").iterdir() if "%2Fgenerate%2F" in p.name]
+    record = json.loads(path.read_text())
     assert set(record["transport"]) == {"nats_tcp"}
     assert record["transport"]["nats_tcp"].startswith(f"{namespace}_{component}.generate-")
     for stream in (False, True):

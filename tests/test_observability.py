@@ -35,6 +35,7 @@ from dynamo_lite.client import Client
 from dynamo_lite.discovery import FileStore, MemoryStore
 from dynamo_lite.protocol import request_plane as rp
 from dynamo_lite.tiny_model import write_tiny_model
+from tests.support.extras import require_module
 from tests.support.lite import REPO, read_events, wait_until, worker_argv, worker_env
 from tests.support.ports import free_port
 from tests.support.services import ManagedProcess
@@ -341,8 +342,8 @@ def test_jsonl_logs_with_dyn_log_filters(start: Any) -> None:
 
 
 # --- tracing (in-process: the spans are read back from an in-memory exporter) ------------
-
-otel_sdk = pytest.importorskip("opentelemetry.sdk.trace")
+# The SDK is a dev extra: the `exporter` fixture skips these tests without it (and
+# fails them under CI); the rest of the module never depends on it.
 
 
 class TracedEngine(LLMEngine):
@@ -383,12 +384,20 @@ class TracedEngine(LLMEngine):
         pass
 
 
+async def _span_ended(exporter: Any, n: int) -> None:
+    """Wait until ``n`` requests' ``engine.generate`` spans have ended."""
+    async with asyncio.timeout(10):
+        while sum(s.name == "engine.generate" for s in exporter.get_finished_spans()) < n:
+            await asyncio.sleep(0.01)
+
+
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 
 
 @pytest.fixture
 def exporter() -> Iterator[Any]:
+    require_module("opentelemetry.sdk.trace")
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -406,6 +415,7 @@ def exporter() -> Iterator[Any]:
 def traced_run(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    exporter: Any,
     *requests: dict[str, Any],
     engine_cls: type[TracedEngine] = TracedEngine,
 ) -> Any:
@@ -440,7 +450,7 @@ def traced_run(
                         async for _ in stream:
                             await stream.cancel()
                             break
-                        await asyncio.sleep(0.3)
+                        await _span_ended(exporter, len(results) + 1)
                     else:
                         results.append(await stream.collect())
                 except Exception as exc:
@@ -458,7 +468,7 @@ def test_one_engine_generate_span_per_request(
 ) -> None:
     from opentelemetry.trace import SpanKind, StatusCode
 
-    engine = traced_run(tmp_path, monkeypatch, {"model": "tiny"})
+    engine = traced_run(tmp_path, monkeypatch, exporter, {"model": "tiny"})
     spans = {s.name: s for s in exporter.get_finished_spans()}
     span = spans["engine.generate"]
     assert span.kind is SpanKind.SERVER
@@ -486,7 +496,7 @@ def test_spans_of_failed_and_cancelled_requests(
 ) -> None:
     from opentelemetry.trace import StatusCode
 
-    traced_run(tmp_path, monkeypatch, {"mode": "raise"}, {"mode": "hang"})
+    traced_run(tmp_path, monkeypatch, exporter, {"mode": "raise"}, {"mode": "hang"})
     failed, cancelled = [s for s in exporter.get_finished_spans() if s.name == "engine.generate"]
     assert failed.attributes["error_kind"] == "Backend(Unknown)"
     assert failed.status.status_code is StatusCode.ERROR
@@ -509,7 +519,7 @@ def test_a_span_when_generate_raises_before_returning_its_stream(
 ) -> None:
     from opentelemetry.trace import StatusCode
 
-    traced_run(tmp_path, monkeypatch, {"model": "tiny"}, engine_cls=RefusingEngine)
+    traced_run(tmp_path, monkeypatch, exporter, {"model": "tiny"}, engine_cls=RefusingEngine)
     (span,) = [s for s in exporter.get_finished_spans() if s.name == "engine.generate"]
     assert f"{span.context.trace_id:032x}" == TRACE_ID
     assert span.attributes["error_kind"] == "Backend(InvalidArgument)"

@@ -48,6 +48,7 @@ def test_pure_python_worker_serves_the_stock_frontend(
         events=events,
         MSGPACK_PUREPYTHON="1",
         DYN_LITE_PURE_BLAKE3="1",
+        DYN_LITE_PURE_XXH3="1",
         DYN_LITE_UVLOOP="0",
         DYN_LITE_CHECKSUM_CACHE="0",
         PROBE_REPORT_MODULES="1",

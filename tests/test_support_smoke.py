@@ -14,19 +14,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Spawn, StockWorkerFactory
-from tests.support.ports import free_port, free_ports, port_open, wait_port
-from tests.support.services import EtcdServer, ManagedProcess, NatsServer
-from tests.support.stock import StockFrontend, loopback_env
-from tests.support.tiny_model import (
+from dynamo_lite.tiny_model import (
     CHAT_TEMPLATE,
     EOS_TOKEN_ID,
     FILE_NAMES,
-    build_tiny_model,
     decode,
     encode,
-    load_tokenizer,
+    write_tiny_model,
 )
+from tests.conftest import Spawn, StockWorkerFactory
+from tests.support.extras import require_module
+from tests.support.ports import free_port, free_ports, port_open, wait_port
+from tests.support.services import EtcdServer, ManagedProcess, NatsServer
+from tests.support.stock import StockFrontend, loopback_env
 
 
 def _b64(text: str) -> str:
@@ -165,21 +165,29 @@ def test_tiny_model_files_and_round_trip(tiny_model: Path) -> None:
     assert tok_cfg["chat_template"] == CHAT_TEMPLATE
     assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
     config = json.loads((tiny_model / "config.json").read_text())
-    tokenizer = load_tokenizer(tiny_model)
+    # The frontend loads tokenizer.json with Hugging Face tokenizers: check that it does.
+    tokenizers = require_module("tokenizers")
+    tokenizer = tokenizers.Tokenizer.from_file(str(tiny_model / "tokenizer.json"))
     assert config["vocab_size"] == tokenizer.get_vocab_size()
     assert tokenizer.token_to_id("<|endoftext|>") == EOS_TOKEN_ID == config["eos_token_id"]
     assert tokenizer.token_to_id("<|im_start|>") == 1
     assert tokenizer.token_to_id("<|im_end|>") == 2
 
     ids = encode(tiny_model, "hello world")
-    assert len(ids) < len("hello world")  # merges were learnt
+    assert ids == tokenizer.encode("hello world", add_special_tokens=False).ids
+    assert len(ids) < len("hello world")  # the merges apply
     assert decode(tiny_model, ids) == "hello world"
-    # Arbitrary bytes survive the byte-level round trip.
-    assert decode(tiny_model, encode(tiny_model, "Grüße, 世界!")) == "Grüße, 世界!"
+    # Arbitrary bytes survive the byte-level round trip, and both decoders agree.
+    text = "Grüße, 世界!"
+    hf_ids = tokenizer.encode(text, add_special_tokens=False).ids
+    assert decode(tiny_model, hf_ids) == tokenizer.decode(hf_ids) == text
+    assert decode(tiny_model, encode(tiny_model, text)) == text
+    every = list(range(config["vocab_size"]))
+    assert decode(tiny_model, every) == tokenizer.decode(every, skip_special_tokens=True)
 
 
 def test_tiny_model_is_deterministic(tiny_model: Path, tmp_path: Path) -> None:
-    again = build_tiny_model(tmp_path / "again")
+    again = write_tiny_model(tmp_path / "again")
     for name in FILE_NAMES:
         assert (again / name).read_bytes() == (tiny_model / name).read_bytes(), name
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from dynamo_lite.tiny_model import decode
 from tests.support.lite import worker_argv, worker_env
-from tests.support.tiny_model import decode
 
 pytestmark = pytest.mark.interop
 
@@ -30,12 +30,20 @@ def test_concurrency_limit_answers_529(
 
     async def scenario() -> list[int]:
         async with httpx.AsyncClient(timeout=30) as client:
-            long = asyncio.create_task(
-                client.post(url, json={"model": model, "prompt": "hi", "max_tokens": 100})
-            )
-            await asyncio.sleep(0.3)
+            in_flight = asyncio.Event()
+
+            async def long_request() -> int:
+                body = {"model": model, "prompt": "hi", "max_tokens": 100, "stream": True}
+                async with client.stream("POST", url, json=body) as r:
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: "):
+                            in_flight.set()  # its first token arrived: the slot is taken
+                    return r.status_code
+
+            long = asyncio.create_task(long_request())
+            await asyncio.wait_for(in_flight.wait(), 30)
             second = await client.post(url, json={"model": model, "prompt": "hi", "max_tokens": 2})
-            return [(await long).status_code, second.status_code, second.json()["code"]]
+            return [await long, second.status_code, second.json()["code"]]
 
     assert asyncio.run(scenario()) == [200, 529, 529]
     proc.send_signal(signal.SIGTERM)

@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from dynamo_lite import (
@@ -81,14 +82,11 @@ async def test_kill_sets_context_and_aborts_once(model_dir: Path) -> None:
             if n == 3:
                 await stream.cancel()
                 break
-        for _ in range(100):
-            if engine.aborts and stream.request_id in engine.closed:
-                break
-            await asyncio.sleep(0.02)
+        # Once the request task has ended, no further abort can come.
+        assert await h.worker.endpoint.join(10)
+        await h.worker.endpoint.close(10)
         assert engine.aborts == [stream.request_id]
         assert stream.request_id in engine.closed
-        await asyncio.sleep(0.2)
-        assert engine.aborts == [stream.request_id]
         assert not h.worker.endpoint.requests
 
 
@@ -104,10 +102,8 @@ async def test_engine_ignoring_cancellation_is_closed(model_dir: Path) -> None:
         async for _ in stream:
             await stream.cancel()
             break
-        for _ in range(100):
-            if stream.request_id in engine.closed:
-                break
-            await asyncio.sleep(0.02)
+        assert await h.worker.endpoint.join(10)  # the kill grace, then the generator closed
+        await h.worker.endpoint.close(10)
         assert stream.request_id in engine.closed
         assert engine.aborts == [stream.request_id]
 
@@ -185,7 +181,7 @@ async def test_contract_violations_end_with_an_error(model_dir: Path) -> None:
             assert err.value.error_class == "Internal"
         outs = await h.generate(mode="after_terminal")
         assert outs == [{"token_ids": [1], "index": 0, "finish_reason": "stop"}]
-        await asyncio.sleep(0.1)
+        assert await h.worker.endpoint.join(10)  # counted when the generator is closed
         assert h.worker.endpoint.stats.dropped_chunks == 1
 
 
@@ -210,16 +206,26 @@ async def test_finish_reason_normalisation(model_dir: Path) -> None:
 async def test_overload_and_draining_acks(model_dir: Path) -> None:
     engine = ScriptedEngine()
     async with running(engine, model_dir) as h:
+        instance = (await h.client.instances())[0]
         h.worker.endpoint.max_inflight = 0
         with pytest.raises(Rejected) as err:
             await h.generate()
         assert err.value.overloaded
         h.worker.endpoint.max_inflight = 10
-        h.worker.endpoint.accepting = False
+        # A long request keeps the worker draining once shutdown begins.
+        long = await h.client.generate(
+            {"token_ids": [1], "stop_conditions": {"max_tokens": 100_000}}, instance=instance
+        )
+        h.worker.request_shutdown()
+        with anyio.fail_after(10):
+            while h.worker.lifecycle.state is not State.DRAINING:
+                await asyncio.sleep(0.01)
         with pytest.raises(Rejected) as err:
-            await h.generate()
+            await h.client.generate({"token_ids": [1]}, instance=instance)
         assert err.value.reply.startswith("Server unavailable: ")
-        h.worker.endpoint.accepting = True
+        assert not err.value.overloaded
+        await long.cancel()
+        assert await asyncio.wait_for(h.task, 20) == 0
 
 
 async def test_malformed_request_body_is_invalid_argument(model_dir: Path) -> None:
@@ -249,7 +255,7 @@ async def test_in_flight_streams_drain_on_shutdown(model_dir: Path) -> None:
             for _ in range(5)
         ]
         collectors = [asyncio.create_task(s.collect()) for s in streams]
-        await asyncio.sleep(0.05)
+        assert len(h.worker.endpoint.requests) == 5  # acked: all in flight
         h.worker.request_shutdown()
         results = await asyncio.gather(*collectors)
         assert all(r[-1]["finish_reason"] == "length" and len(r) == 60 for r in results)
@@ -263,9 +269,10 @@ async def test_second_signal_cuts_streams_with_an_error(model_dir: Path) -> None
             {"token_ids": [1], "stop_conditions": {"max_tokens": 100_000}}
         )
         collector = asyncio.create_task(stream.collect())
-        await asyncio.sleep(0.05)
         h.worker.request_shutdown()
-        await asyncio.sleep(0.05)
+        with anyio.fail_after(10):
+            while h.worker.lifecycle.state is not State.GRACE:
+                await asyncio.sleep(0.01)
         h.worker.request_shutdown()
         with pytest.raises(RemoteError) as err:
             await collector
@@ -317,8 +324,9 @@ async def test_requests_during_grace_are_served_then_unavailable(model_dir: Path
             {"token_ids": [1], "stop_conditions": {"max_tokens": 100_000}}, instance=instance
         )
         h.worker.request_shutdown()
-        await asyncio.sleep(0.1)
-        assert await h.client.instances() == []  # unregistered at once
+        with anyio.fail_after(10):  # unregistered at once, before the grace period ends
+            while await h.client.instances():
+                await asyncio.sleep(0.01)
         # The frontend may not have seen that yet: what still arrives is served.
         stream = await h.client.generate(
             {"token_ids": [1], "stop_conditions": {"max_tokens": 3}}, instance=instance

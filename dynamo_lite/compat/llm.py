@@ -1,8 +1,9 @@
 """``dynamo.llm``: the names backend engines take from it, in pure Python.
 
-``ModelInput`` is dynamo_lite's. ``KvEventPublisher`` accepts and counts
-events (dynamo_lite publishes no KV events; the frontend routes without
-them). ``ModelRuntimeConfig``, ``MediaDecoder`` and ``MediaFetcher`` hold
+``ModelInput`` is dynamo_lite's. A ``KvEventPublisher`` an engine builds
+itself accepts and counts events; the publisher a ``PushSource`` receives
+from the worker (:mod:`dynamo_lite.kv.publisher`) is the one that
+publishes. ``ModelRuntimeConfig``, ``MediaDecoder`` and ``MediaFetcher`` hold
 the options engines set on them.
 """
 

@@ -29,10 +29,12 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import anyio.abc
+
+from .request_plane import Submitter
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,6 @@ _FORBIDDEN = frozenset(" \t\r\n*>")
 
 class NatsError(Exception):
     """The NATS request plane cannot be used (unreachable, bad name, missing extra)."""
-
-
-class Submitter(Protocol):
-    def submit(self, payload: bytes, headers: dict[str, str]) -> str | None: ...
 
 
 def subject_for(namespace: str, component: str, endpoint: str, instance_id: int) -> str:

@@ -25,15 +25,27 @@ import anyio
 import anyio.abc
 
 from ..protocol import request_plane as rp
-from ..protocol.errors import FrameTooLarge
+from ..protocol.errors import FrameTooLarge, ProtocolError
 
 logger = logging.getLogger(__name__)
 
 
-class Admitter(Protocol):
-    def admit(self, frame: rp.RequestFrame) -> bytes:
-        """Decide at once: return the reply bytes (ack or rejection)."""
+class Submitter(Protocol):
+    """What a request plane admits through (the endpoint), whatever the plane."""
+
+    def submit(self, payload: bytes, headers: dict[str, str]) -> str | None:
+        """Accept the request (None; its task is running) or say why not."""
         ...
+
+
+def admit(submitter: Submitter, frame: rp.RequestFrame) -> bytes:
+    """The TCP plane's reply to one frame: the ack, or the rejection, framed."""
+    try:
+        headers = frame.headers()
+    except ProtocolError:
+        headers = {}
+    rejection = submitter.submit(frame.payload, headers)
+    return rp.ACK if rejection is None else rp.encode_reply(rejection)
 
 
 class _Connection(asyncio.Protocol):
@@ -129,7 +141,7 @@ class RequestPlaneServer:
         self.host = host
         self.port = port
         self.max_message_size = max_message_size
-        self.endpoints: dict[str, Admitter] = {}
+        self.endpoints: dict[str, Submitter] = {}
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
 
@@ -137,7 +149,7 @@ class RequestPlaneServer:
         endpoint = self.endpoints.get(frame.path)
         if endpoint is None:
             return rp.unknown_endpoint_reply(frame.path)
-        return endpoint.admit(frame)
+        return admit(endpoint, frame)
 
     async def start(self, bind_host: str | None = None) -> int:
         """Bind the listener; returns the port."""
@@ -165,19 +177,22 @@ class RequestPlaneServer:
         task_status.started()
         while True:
             await anyio.sleep(interval)
-            now = time.monotonic()
-            for conn in list(self.connections):
-                partial = conn.partial_since
-                if partial is not None and now - partial > self.frame_timeout:
-                    logger.warning(
-                        "request plane: frame incomplete after %.0fs; closing", self.frame_timeout
-                    )
-                    conn.abort()
-                elif now - conn.last_activity > self.idle_timeout:
-                    logger.debug(
-                        "request plane: closing a connection idle for %.0fs", self.idle_timeout
-                    )
-                    conn.close()
+            self.sweep_once(time.monotonic())
+
+    def sweep_once(self, now: float) -> None:
+        """One pass of :meth:`sweep` at monotonic time ``now``."""
+        for conn in list(self.connections):
+            partial = conn.partial_since
+            if partial is not None and now - partial > self.frame_timeout:
+                logger.warning(
+                    "request plane: frame incomplete after %.0fs; closing", self.frame_timeout
+                )
+                conn.abort()
+            elif now - conn.last_activity > self.idle_timeout:
+                logger.debug(
+                    "request plane: closing a connection idle for %.0fs", self.idle_timeout
+                )
+                conn.close()
 
     async def close(self) -> None:
         """Close the listener and every connection (bounded, shielded)."""

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from ..protocol import control, twopart
 from ..protocol.errors import ProtocolError
@@ -24,6 +24,12 @@ from ..protocol.errors import ProtocolError
 logger = logging.getLogger(__name__)
 
 CancelCallback = Callable[[str], None]
+#: Dials ``(protocol_factory, host, port, ssl_context)`` → ``(transport, protocol)``;
+#: the default is ``loop.create_connection``, tests pass an in-memory one.
+Connector = Callable[
+    [Callable[[], asyncio.Protocol], str, int, ssl.SSLContext | None],
+    Awaitable[tuple[Any, Any]],
+]
 
 
 class ResponseStream(asyncio.Protocol):
@@ -163,17 +169,22 @@ async def open_stream(
     on_cancel: CancelCallback,
     timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
+    connect: Connector | None = None,
 ) -> ResponseStream:
     """Dial the frontend and send the handshake and the OK prologue."""
-    loop = asyncio.get_running_loop()
     host, port = address
     async with asyncio.timeout(timeout):
-        _transport, stream = await loop.create_connection(
-            lambda: ResponseStream(on_cancel),
-            host,
-            port,
-            ssl=ssl_context,
-            server_hostname=host if ssl_context is not None else None,
-        )
+        if connect is None:
+            _transport, stream = await asyncio.get_running_loop().create_connection(
+                lambda: ResponseStream(on_cancel),
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=host if ssl_context is not None else None,
+            )
+        else:
+            _transport, stream = await connect(
+                lambda: ResponseStream(on_cancel), host, port, ssl_context
+            )
     stream.write(control.handshake_frame(subject) + control.PROLOGUE_OK_FRAME)
     return stream

@@ -18,10 +18,10 @@ from typing import Any
 
 from dynamo_lite.client import Client, RemoteError
 from dynamo_lite.discovery import FileStore
+from dynamo_lite.tiny_model import write_tiny_model
 from tests.engines import faults
 from tests.support.services import ManagedProcess
 from tests.support.stock import loopback_env, stock_venv_dir
-from tests.support.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "tests" / "vectors" / "tcp" / "stock_error_items.json"
@@ -88,7 +88,7 @@ def main() -> None:
     python = stock_venv_dir() / "bin" / "python"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model = build_tiny_model(root / "tiny-model")
+        model = write_tiny_model(root / "tiny-model")
         kv = root / "kv"
         kv.mkdir()
         argv = [

@@ -52,7 +52,10 @@ def registered() -> dict[str, bool]:
     root = Path(os.environ.get("DYN_FILE_KV", "/nonexistent")) / "v1"
     return {
         "card": any((root / "mdc").glob("*")),
-        "instance": any((root / "instances").glob("*")),
+        # The serving endpoint's record; the KV query endpoint has its own.
+        "instance": any(
+            "worker%5Fkv%5Fquery" not in p.name for p in (root / "instances").glob("*")
+        ),
     }
 
 

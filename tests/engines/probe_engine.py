@@ -8,6 +8,8 @@ file named by ``PROBE_EVENTS``, so a test can count them from outside. Magic
 * 777 → raise ``InvalidArgument`` before the first token;
 * 778 → raise ``ValueError`` mid-stream (after 2 tokens);
 * 779 → raise ``RuntimeError`` before the first token;
+* 1998 → flood: one token per chunk padded to 16 KiB, as fast as possible,
+  until stopped (fills socket buffers, e.g. behind a network partition);
 * the fault table of ``faults.py`` (1000…1214), shared with the stock-SDK
   ``stock_fault_engine.py`` so both workers misbehave identically.
 
@@ -115,6 +117,12 @@ class ProbeEngine(SampleEngine):  # type: ignore[misc]
             raise InvalidArgument("probe: 777 is not an acceptable max_tokens")
         if max_tokens == 779:
             raise RuntimeError("probe: internal failure")
+        if max_tokens == 1998:
+            flood: Any = {"token_ids": [33], "index": 0, "probe_padding": "x" * 16384}
+            while not context.is_stopped():
+                yield flood
+                await asyncio.sleep(0)
+            return
         n = 0
         async for chunk in super().generate(request, context):
             n += 1

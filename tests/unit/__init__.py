@@ -1,0 +1,1 @@
+"""Unit tests that mirror the modules, without sockets."""

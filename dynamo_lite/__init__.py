@@ -44,6 +44,7 @@ from .lifecycle import (
     SetupFailed,
     StartupError,
     UnknownRequestPlane,
+    UnsupportedResponsePlane,
 )
 from .run import run
 from .worker import Worker
@@ -85,6 +86,7 @@ __all__ = [
     "StreamIncomplete",
     "Unknown",
     "UnknownRequestPlane",
+    "UnsupportedResponsePlane",
     "Worker",
     "WorkerConfig",
     "ZmqSource",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .card_fields import chat_template_file, structural_tag_fields
 from .checksum import file_checksum
 from .config import DisaggregationMode, ModelInput, WorkerConfig
 from .engine import EngineConfig, LlmRegistration
@@ -222,10 +223,22 @@ def build_card(
         path, checksum, size = files.files[name]
         location = url_for(name) if url_for is not None else str(path)
         card[field_name] = {variant: {"path": location, "checksum": checksum, "size": size}}
+    if worker.custom_jinja_template:
+        try:
+            template = chat_template_file(worker.custom_jinja_template)
+        except ValueError as exc:
+            raise ModelCardError(str(exc)) from None
+        # Stock's place for it: right after prompt_formatter, before gen_config.
+        gen = card.pop("gen_config", None)
+        card["chat_template_file"] = template
+        if gen is not None:
+            card["gen_config"] = gen
     context_length = llm.context_length or files.max_position_embeddings or DEFAULT_CONTEXT_LENGTH
     runtime_data = dict(engine.runtime_data or {})
     if worker.route_to_encoder:
         runtime_data["encoder_result_handoff"] = True
+    if worker.default_thinking_mode is not None:
+        runtime_data["default_thinking_mode"] = worker.default_thinking_mode
     if files.max_position_embeddings is not None:
         card["architectural_max_context_length"] = files.max_position_embeddings
     card.update(
@@ -249,9 +262,7 @@ def build_card(
                 "tool_call_parser": worker.tool_call_parser,
                 "reasoning_parser": worker.reasoning_parser,
                 "tool_call_arguments_format": "json_string",
-                "structural_tag_mode": "off",
-                "structural_tag_scope": "auto",
-                "structural_tag_schema": "auto",
+                **structural_tag_fields(worker.structural_tag),
                 "exclude_tools_when_tool_choice_none": worker.exclude_tools_when_tool_choice_none,
                 "data_parallel_start_rank": llm.data_parallel_start_rank or 0,
                 "data_parallel_size": llm.data_parallel_size or 1,
@@ -273,6 +284,8 @@ def build_card(
             "bootstrap_port": llm.bootstrap_port,
         }
     runtime["enable_eagle"] = llm.enable_eagle
+    if llm.max_gpu_lora_count is not None:
+        runtime["max_gpu_lora_count"] = llm.max_gpu_lora_count
     if engine.model_aliases:
         card["aliases"] = list(engine.model_aliases)
     return card

@@ -61,6 +61,7 @@ class Context:
     __slots__ = (
         "_callbacks",
         "_ended",
+        "_first_token_hook",
         "_id",
         "_killed",
         "_killed_event",
@@ -87,6 +88,8 @@ class Context:
         self._killed_event: asyncio.Event | None = None
         self._callbacks: list[Callable[[Context], None]] | None = None
         self._ended = False
+        #: Set by the endpoint on decode workers: releases a deferred abort.
+        self._first_token_hook: Callable[[], None] | None = None
         self._trace_headers = {k: v for k, v in (trace_headers or {}).items() if k in _TRACE_KEYS}
 
     # --- identity -------------------------------------------------------
@@ -195,7 +198,12 @@ class Context:
         return fut
 
     def notify_first_token(self) -> None:
-        """Accepted for compatibility; dynamo_lite observes first tokens itself."""
+        """Fire the first-token signal: releases an ``abort()`` a decode worker
+        deferred. Idempotent; a no-op elsewhere (the framework also fires it
+        on the first non-empty chunk)."""
+        hook = self._first_token_hook
+        if hook is not None:
+            hook()
 
     def add_done_callback(self, callback: Callable[[Context], None]) -> None:
         """Call ``callback(ctx)`` once, when the context stops or its request

@@ -12,9 +12,12 @@ Per request (theory of operation)::
       ├─ decode the body (garbage → InvalidArgument error item)
       ├─ pump: engine.generate() → StreamValidator → one item per chunk
       ├─ complete_final + sentinel, then wait for the frontend to close
-      └─ on kill/stop/disconnect: context stopped+killed, engine.abort() once,
-         nothing more written, the generator closed at its next yield (or
-         cancelled if it does not yield within KILL_GRACE)
+      └─ on kill/stop/disconnect: context stopped+killed, the stream closed
+         at once (nothing more written), engine.abort() once (on decode
+         workers only after the first token), the generator closed at its
+         next yield (or cancelled if it does not yield within KILL_GRACE);
+         the engine's own stop_generating() ends the stream the same way,
+         without the kill (see :mod:`dynamo_lite.cancellation`)
 
 The kill grace is a cancel scope around the pump, ``asyncio.timeout(None)``
 rescheduled to ``now + KILL_GRACE`` by the cancellation: the stdlib's scope,
@@ -38,6 +41,8 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from . import telemetry
+from .admission import EngineGate
+from .cancellation import AbortGate, log_cancellation
 from .context import Context
 from .engine import BaseEngine
 from .errors import EngineShutdown, InvalidArgument, WireError, classify
@@ -76,6 +81,7 @@ class _Request:
         "codec",
         "ctx",
         "cut_reason",
+        "gate",
         "grace",
         "signal",
         "stream",
@@ -83,9 +89,10 @@ class _Request:
         "validator",
     )
 
-    def __init__(self, ctx: Context, codec: Codec) -> None:
+    def __init__(self, ctx: Context, codec: Codec, gate: AbortGate) -> None:
         self.ctx = ctx
         self.codec = codec
+        self.gate = gate
         self.stream: ResponseStream | None = None
         self.signal: str | None = None
         self.abort_task: asyncio.Task[None] | None = None
@@ -123,6 +130,8 @@ class Endpoint:
         self.name = name
         self.raw = raw
         self.max_inflight = max_inflight
+        #: ``DYN_ENGINE_REQUEST_LIMIT``: requests beyond it wait (:mod:`dynamo_lite.admission`).
+        self.engine_gate = EngineGate()
         self.accepting = False
         self.stats = EndpointStats()
         self.requests: dict[str, _Request] = {}
@@ -166,12 +175,18 @@ class Endpoint:
             logger.warning("rejecting malformed request: %s", exc)
             self.stats.rejected += 1
             return rp.UNAVAILABLE_PREFIX + f"malformed request: {exc}"
+        if not self.engine_gate.admit():  # DYN_ENGINE_REQUEST_LIMIT and its queue both full
+            self.stats.rejected += 1
+            self.stats.overloaded += 1
+            return rp.OVERLOADED_PREFIX + "worker at capacity"
         sent_ns = headers.get("x-frontend-send-ts-ns")
         if sent_ns:
             with contextlib.suppress(ValueError):
                 self.stats.transit.observe(max(0, time.time_ns() - int(sent_ns)) / 1e9)
         ctx = Context(ctl.id, ctl.metadata, trace_headers=headers)
-        req = _Request(ctx, codec)
+        req = _Request(ctx, codec, AbortGate(lambda: self._spawn_abort(req), defer=self._defer))
+        if self._defer:
+            ctx._first_token_hook = req.gate.first_token
         self.requests[ctl.id] = req
         self.stats.requests += 1
         self.stats.request_bytes += len(payload)
@@ -181,15 +196,43 @@ class Endpoint:
         return None
 
     # --- per request ---------------------------------------------------------
+    @property
+    def _defer(self) -> bool:
+        """Decode workers defer ``abort()`` until the first token."""
+        return self.disagg_role == "decode"
+
+    def _spawn_abort(self, req: _Request) -> None:
+        req.abort_task = self._aborts.spawn(self._abort(req.ctx), name=f"abort-{req.ctx.id()}")
+
+    def _end_stream_now(self, req: _Request) -> None:
+        """A cancelled stream ends at once: nothing more is written, the socket closes."""
+        stream = req.stream
+        if stream is not None:
+            stream.finished = True
+            stream.close()
+
+    def _on_context_stop(self, req: _Request) -> None:
+        """The engine stopped its own context (``stop_generating()``) mid-stream."""
+        ctx = req.ctx
+        if not ctx.is_stopped() or req.signal is not None or req.cut_reason is not None:
+            return  # the request ended, or its cancellation is handled already
+        stream = req.stream
+        if stream is None or stream.finished:
+            return
+        req.signal = "stopped"
+        req.gate.request()
+        self._end_stream_now(req)
+
     def _on_cancel(self, req: _Request, signal: str) -> None:
         """The frontend sent kill/stop or went away before the stream ended."""
         if req.signal is not None:
             return
         req.signal = signal
         self.stats.cancelled += 1
-        logger.debug("request cancellation received request_id=%s signal=%s", req.ctx.id(), signal)
+        log_cancellation(req.ctx.id(), signal)
         req.ctx.kill()
-        req.abort_task = self._aborts.spawn(self._abort(req.ctx), name=f"abort-{req.ctx.id()}")
+        req.gate.request()
+        self._end_stream_now(req)
         grace = req.grace
         if grace is not None and not grace.expired():
             grace.reschedule(asyncio.get_running_loop().time() + KILL_GRACE)
@@ -205,6 +248,13 @@ class Endpoint:
         self, req: _Request, address: tuple[str, int], subject: str, body: bytes
     ) -> None:
         started = time.monotonic()
+        gate = self.engine_gate
+        try:
+            await gate.enter()  # at once unless DYN_ENGINE_REQUEST_LIMIT is reached
+        except BaseException:
+            req.ctx._end()
+            self.requests.pop(req.ctx.id(), None)
+            raise
         self.stats.inflight += 1
         try:
             try:
@@ -231,11 +281,13 @@ class Endpoint:
                 req.grace = None
             await req.stream.wait_closed(CLOSE_WAIT if req.signal is None else 0)
         finally:
+            req.gate.close()
             if req.stream is not None:
                 req.stream.close()
             req.ctx._end()
             self.requests.pop(req.ctx.id(), None)
             self.stats.inflight -= 1
+            gate.leave()
             self.stats.duration.observe(time.monotonic() - started)
 
     def _end(self, req: _Request, error: WireError | None) -> None:
@@ -271,15 +323,21 @@ class Endpoint:
         try:
             agen: AsyncGenerator[Any, None] = self.engine.generate(request, ctx)  # type: ignore[attr-defined]
         except Exception as exc:
+            if telemetry.active():
+                telemetry.generate_failed(request, ctx, exc, raw=self.raw, role=self.disagg_role)
             self._end(req, classify(exc))
             return
         if telemetry.active():
             agen = telemetry.traced(agen, request, ctx, raw=self.raw, role=self.disagg_role)
+        ctx.add_done_callback(lambda _ctx: self._on_context_stop(req))
         validator = req.validator = RawStreamValidator() if self.raw else StreamValidator()
         output_frame = items.output_frame
+        gate = req.gate
         error: WireError | None = None
         try:
             async for chunk in agen:
+                if gate.waiting and type(chunk) is dict and chunk.get("token_ids"):
+                    gate.first_token()
                 if req.signal is not None or req.cut_reason is not None:
                     break
                 out = validator.accept(chunk)

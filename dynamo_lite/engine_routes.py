@@ -52,6 +52,7 @@ from typing import Any, Literal, Protocol
 from .config import WorkerConfig
 from .discovery import EndpointId, KvStore
 from .engine import BaseEngine
+from .metrics import EngineMetrics
 from .registration import Registration
 from .system_server import Health, Response
 
@@ -169,6 +170,25 @@ class ServingEndpoint:
     def connection_id(self) -> int:
         """The worker's discovery instance id."""
         return self.instance_id
+
+    async def client(self, router_mode: Any = None) -> Any:
+        """A client for this endpoint with stock's API (:mod:`dynamo_lite.endpoint_client`)."""
+        from .endpoint_client import open_client
+
+        worker = getattr(self.switch, "worker", None)
+        if worker is None:
+            raise RuntimeError("client() needs the endpoint of a running worker")
+        return await open_client(worker)
+
+    @property
+    def metrics(self) -> EngineMetrics:
+        """Stock's ``RuntimeMetrics`` helper: exposition callbacks registered here
+        are appended to ``/metrics`` (the handle ``register_prometheus`` gets)."""
+        worker_metrics = getattr(getattr(self.switch, "worker", None), "metrics", None)
+        if worker_metrics is None:
+            return EngineMetrics({})
+        handle: EngineMetrics = worker_metrics.engine_metrics()
+        return handle
 
     async def unregister_endpoint_instance(self) -> None:
         """Stop being routed to (the instance leaves discovery); raises when already out."""

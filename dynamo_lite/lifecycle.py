@@ -252,6 +252,23 @@ class UnknownRequestPlane(StartupError):
     reason = Reason.UNKNOWN_PLANE
 
 
+class UnsupportedResponsePlane(UnknownRequestPlane, ValueError):
+    """``response_plane`` is not ``tcp``: stock accepts ``tcp`` and ``quic`` (and raises
+    ``ValueError`` for anything else); dynamo_lite implements only ``tcp``."""
+
+
+def check_response_plane(plane: str) -> None:
+    """Refuse a response plane at startup, before anything is bound or registered."""
+    if plane == "tcp":
+        return
+    if plane == "quic":
+        raise UnsupportedResponsePlane(
+            "response_plane 'quic' is not supported by dynamo_lite (only 'tcp'); "
+            "set response_plane='tcp' / --response-plane tcp"
+        )
+    raise UnsupportedResponsePlane("response_plane must be 'tcp' or 'quic'")
+
+
 class EngineStartFailed(StartupError):
     """``engine.start()`` raised (``cleanup()`` still runs)."""
 

@@ -26,6 +26,11 @@ already uses structlog; otherwise it is never imported:
     values, structlog key/values, ``exception`` with the traceback).
 ``DYN_LOG_USE_LOCAL_TZ=1``
     Local time with its UTC offset instead of UTC.
+``DYN_LOGGING_CONFIG_PATH``
+    A TOML file (default ``/opt/dynamo/etc/logging.toml`` when it exists), as
+    stock reads it: ``log_level = "warn"`` is the default level unless
+    ``DYN_LOG`` sets one; ``[log_filters]`` maps targets to levels and is
+    merged after ``DYN_LOG``'s directives (the file wins for a target both name).
 
 Otherwise each record is one readable line; a lifecycle transition (a record
 with ``from_state``/``to_state``) reads ``lifecycle  serving → grace
@@ -125,6 +130,39 @@ def parse_dyn_log(spec: str | None) -> tuple[int, dict[str, int], list[str]]:
         name = target.replace("::", ".")
         targets[TARGET_ALIASES.get(name, name)] = level
     return default, targets, invalid
+
+
+#: Stock's default logging configuration file.
+DEFAULT_LOGGING_CONFIG = "/opt/dynamo/etc/logging.toml"
+
+
+def read_logging_config(path: str) -> tuple[int | None, dict[str, int], list[str]]:
+    """``(log_level, log_filters, problems)`` from a stock logging TOML file."""
+    import tomllib
+
+    problems: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return None, {}, [f"cannot read {path}: {exc}"]
+    level: int | None = None
+    raw_level = data.get("log_level")
+    if isinstance(raw_level, str):
+        level = _level(raw_level)
+        if level is None:
+            problems.append(f"log_level {raw_level!r}")
+    targets: dict[str, int] = {}
+    filters = data.get("log_filters")
+    if isinstance(filters, dict):
+        for target, word in filters.items():
+            value = _level(word) if isinstance(word, str) else None
+            if value is None:
+                problems.append(f"log_filters.{target} = {word!r}")
+                continue
+            name = str(target).replace("::", ".")
+            targets[TARGET_ALIASES.get(name, name)] = value
+    return level, targets, problems
 
 
 def _timestamp(created: float, local: bool) -> str:
@@ -243,6 +281,13 @@ def configure_logging(env: Mapping[str, str] | None = None, stream: TextIO | Non
     """Install the worker's log handler on the root logger (idempotent)."""
     env = os.environ if env is None else env
     default, targets, invalid = parse_dyn_log(env.get("DYN_LOG"))
+    config_path = env.get("DYN_LOGGING_CONFIG_PATH") or DEFAULT_LOGGING_CONFIG
+    if os.path.isfile(config_path):
+        file_level, file_targets, problems = read_logging_config(config_path)
+        if file_level is not None and not (env.get("DYN_LOG") or "").strip():
+            default = file_level
+        targets.update(file_targets)
+        invalid += [f"{config_path}: {p}" for p in problems]
     jsonl = _truthy(env.get("DYN_LOGGING_JSONL")) or (
         (env.get("DYN_LOGGING_CONSOLE_FORMAT") or "").strip().lower() == "jsonl"
     )

@@ -47,9 +47,11 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from .admission import EngineGate
 from .card import served_model_name
 from .multiproc import bridge_global_registry, ensure_prometheus_multiproc_dir
 from .stats import (
@@ -83,8 +85,8 @@ __all__ = [
 #: The 0.0.4 text format is what ``generate_latest`` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: Stock's fixed work-handler sizes (we have no bounded queue; the pool is ``max_inflight``).
-QUEUE_CAPACITY = 40_000
+#: What the gauges read for an endpoint without an engine request limit.
+_UNLIMITED = EngineGate()
 
 NS, COMP, EP, WID = "dynamo_namespace", "dynamo_component", "dynamo_endpoint", "worker_id"
 MODEL, MODEL_NAME, DP_RANK = "model", "model_name", "dp_rank"
@@ -359,14 +361,15 @@ class WorkerMetrics:
         st = s.endpoint.stats
         f.value("dynamo_engine_request", {}, st.inflight)
         f.value("dynamo_rejection_request_total", {}, st.overloaded)
-        f.value("dynamo_request_queue", {}, 0)
+        gate: EngineGate = getattr(s.endpoint, "engine_gate", _UNLIMITED)
+        f.value("dynamo_request_queue", {}, gate.queue_depth)
         f.value("dynamo_work_handler_enqueue_rejected_total", {}, 0)
         f.histogram("dynamo_work_handler_network_transit_seconds", {}, st.transit)
         f.histogram("dynamo_work_handler_permit_wait_seconds", {}, _NO_PERMIT_WAIT)
         f.value("dynamo_work_handler_pool_active_tasks", {}, st.inflight)
         f.value("dynamo_work_handler_pool_capacity", {}, s.endpoint.max_inflight)
-        f.value("dynamo_work_handler_queue_capacity", {}, QUEUE_CAPACITY)
-        f.value("dynamo_work_handler_queue_depth", {}, 0)
+        f.value("dynamo_work_handler_queue_capacity", {}, gate.queue_capacity)
+        f.value("dynamo_work_handler_queue_depth", {}, gate.queue_depth)
         f.histogram("dynamo_work_handler_time_to_first_response_seconds", {}, st.first_response)
 
     def _extras(self, f: _Families) -> None:
@@ -424,15 +427,20 @@ class EngineMetrics:
 
     ``register_prometheus_expfmt_callback(cb)``: ``cb()`` returns Prometheus
     text that is appended to ``/metrics`` on every scrape.
-    ``register_prometheus_typed_callback(cb)`` is accepted for compatibility
-    (stock feeds it to its OTLP exporter; dynamo_lite exports no OTLP metrics).
+    ``register_prometheus_typed_callback(cb)``: ``cb()`` returns the families
+    typed (:func:`get_prometheus_typed`'s shape); with ``OTEL_EXPORT_ENABLED``
+    they are exported over OTLP (:mod:`dynamo_lite.otel_export`).
     ``auto_labels`` are the labels stock injects into engine metrics.
     """
+
+    #: Every handle alive in the process, for the OTLP metric export.
+    live: ClassVar[weakref.WeakSet[EngineMetrics]] = weakref.WeakSet()
 
     def __init__(self, auto_labels: Mapping[str, str]) -> None:
         self.auto_labels: dict[str, str] = dict(auto_labels)
         self.expfmt_callbacks: list[ExpfmtCallback] = []
         self.typed_callbacks: list[TypedCallback] = []
+        EngineMetrics.live.add(self)
 
     def register_prometheus_expfmt_callback(self, callback: ExpfmtCallback) -> None:
         self.expfmt_callbacks.append(callback)
@@ -501,13 +509,42 @@ def register_engine_registry(
     prefix_filters: Sequence[str] | None = None,
     exclude_prefixes: Sequence[str] | None = None,
 ) -> None:
-    """Append ``registry`` (with the auto-labels) to ``/metrics``; stock helper of the same name."""
+    """Append ``registry`` (with the auto-labels) to ``/metrics`` and hand it over
+    typed for the OTLP export, as the stock helper of the same name does."""
     labels = dict(metrics.auto_labels)
     metrics.register_prometheus_expfmt_callback(
         lambda: gather_with_labels(
             registry, labels, prefix_filters=prefix_filters, exclude_prefixes=exclude_prefixes
         )
     )
+    metrics.register_prometheus_typed_callback(
+        lambda: get_prometheus_typed(
+            registry,
+            metric_prefix_filters=prefix_filters,
+            exclude_prefixes=exclude_prefixes,
+            inject_custom_labels=labels or None,
+        )
+    )
+
+
+def get_prometheus_typed(
+    registry: Collector,
+    metric_prefix_filters: Sequence[str] | None = None,
+    exclude_prefixes: Sequence[str] | None = None,
+    inject_custom_labels: Mapping[str, str] | None = None,
+) -> list[Any]:
+    """The registry's families as stock's typed structure:
+    ``[(name, help, type, unit, [(sample, [(label, value)], value, timestamp)])]``."""
+    source: Collector = registry
+    if inject_custom_labels:
+        source = LabelInjectingCollector(registry, inject_custom_labels)
+    out: list[Any] = []
+    for metric in _Filtered(source, metric_prefix_filters, exclude_prefixes).collect():
+        samples = [
+            (s.name, list(s.labels.items()), float(s.value), s.timestamp) for s in metric.samples
+        ]
+        out.append((metric.name, metric.documentation, metric.type, metric.unit, samples))
+    return out
 
 
 def register_global_registry(

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import otel_export
 from .config import WorkerConfig
 from .engine import BaseEngine
 from .logsetup import configure_logging
@@ -64,6 +65,13 @@ def run(
 ) -> Any:
     """Run ``engine_cls`` as a worker and exit the process with the worker's status."""
     configure_logging()
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        code = runner.run(_start(engine_cls, argv, engine_factory))
+    exporting = otel_export.configure_from_env()  # OTEL_EXPORT_ENABLED
+    metric_export = otel_export.start_metric_export()
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            code = runner.run(_start(engine_cls, argv, engine_factory))
+    finally:
+        if metric_export is not None:
+            metric_export.shutdown()
+        otel_export.shutdown(exporting)
     sys.exit(code)

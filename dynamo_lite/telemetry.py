@@ -76,6 +76,7 @@ __all__ = [
     "active",
     "current_span",
     "engine_trace_kwargs",
+    "generate_failed",
     "start_span",
     "trace_headers",
     "traced",
@@ -157,6 +158,41 @@ def _error(span: Any, description: str) -> None:
     span.set_status(_trace.Status(_trace.StatusCode.ERROR, description))
 
 
+def _start_span(request: Mapping[str, Any], ctx: Context, raw: bool, role: str) -> Any:
+    """An ``engine.generate`` span under the caller's trace, with the entry attributes."""
+    assert _trace is not None
+    parent = _PROPAGATOR.extract(carrier=ctx.trace_headers() or {})
+    attributes: dict[str, Any] = {"request_id": ctx.id()}
+    if not raw:
+        token_ids = request.get("token_ids")
+        attributes["model"] = str(request.get("model") or "")
+        attributes["input_tokens"] = len(token_ids) if isinstance(token_ids, list) else 0
+        attributes["disagg_role"] = role
+    return _tracer().start_span(
+        SPAN_NAME, context=parent, kind=_trace.SpanKind.SERVER, attributes=attributes
+    )
+
+
+def generate_failed(
+    request: Mapping[str, Any],
+    ctx: Context,
+    exc: BaseException,
+    *,
+    raw: bool = False,
+    role: str = "agg",
+) -> None:
+    """``generate()`` raised before returning its stream: an ``engine.generate``
+    span all the same, ended at once with the error (as stock records it)."""
+    span = _start_span(request, ctx, raw, role)
+    kind = f"Backend({classify(exc).kind})"
+    span.set_attribute("error_kind", kind)
+    if not raw:
+        span.set_attribute("output_tokens", 0)
+        span.set_attribute("cancelled", ctx.is_stopped())
+    _error(span, kind)
+    span.end()
+
+
 async def traced(
     agen: AsyncGenerator[Any, None],
     request: Mapping[str, Any],
@@ -166,17 +202,7 @@ async def traced(
     role: str = "agg",
 ) -> AsyncGenerator[Any, None]:
     """``agen``'s chunks, unchanged, inside an ``engine.generate`` span."""
-    assert _trace is not None
-    parent = _PROPAGATOR.extract(carrier=ctx.trace_headers() or {})
-    attributes: dict[str, Any] = {"request_id": ctx.id()}
-    if not raw:
-        token_ids = request.get("token_ids")
-        attributes["model"] = str(request.get("model") or "")
-        attributes["input_tokens"] = len(token_ids) if isinstance(token_ids, list) else 0
-        attributes["disagg_role"] = role
-    span = _tracer().start_span(
-        SPAN_NAME, context=parent, kind=_trace.SpanKind.SERVER, attributes=attributes
-    )
+    span = _start_span(request, ctx, raw, role)
     _live[ctx.id()] = span
     started = time.perf_counter()
     last: float | None = None

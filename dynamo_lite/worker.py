@@ -20,6 +20,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from . import endpoint_client, model_cards
+from .admission import EngineGate
 from .canary import HealthMonitor, HealthSettings, resolve_payload
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
@@ -40,6 +42,7 @@ from .lifecycle import (
     StartupError,
     State,
     UnknownRequestPlane,
+    check_response_plane,
 )
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import WorkerMetrics
@@ -391,6 +394,7 @@ class Worker:
         plane = (self.config.request_plane or "tcp").lower()
         if plane not in ("tcp", "nats"):
             raise UnknownRequestPlane(f"request plane {plane!r} is not supported (tcp or nats)")
+        check_response_plane(self.config.response_plane)
         tls = TcpTls.from_env()
         try:
             self.endpoint.call_home_ssl = tls.client_context()
@@ -406,6 +410,7 @@ class Worker:
                 await self.system_server.start()
                 await self._start_service("system server", self.system_server.serve)
             self.endpoint.max_inflight = s.max_inflight
+            self.endpoint.engine_gate = EngineGate.from_env()
             self.endpoint.write_stall_timeout = s.write_stall_timeout
             # As stock: bound to, and advertised as, the chosen address.
             bind, advertised = bind_and_advertise(s.tcp_host, "DYN_TCP_RPC_HOST")
@@ -686,6 +691,9 @@ class Worker:
         await self.kv.close()
         if self.registration is not None:
             await self.registration.withdraw_card()
+        if self._store is not None:
+            await model_cards.withdraw_all(self)  # LoRA cards the engine published
+        await endpoint_client.close_all(self)  # clients from endpoint.client()
         await self._stop_service("discovery keepalive")
         if self._store is not None:
             try:

@@ -65,7 +65,9 @@ class SampleDiffusionEngine(DiffusionEngine):
         p.add_argument("--discovery-backend", default="etcd")
         p.add_argument("--request-plane", default="tcp")
         p.add_argument(
-            "--response-plane", choices=["tcp"], default=os.environ.get("DYN_RESPONSE_PLANE", "tcp")
+            "--response-plane",
+            choices=["tcp", "quic"],
+            default=os.environ.get("DYN_RESPONSE_PLANE", "tcp"),
         )
         p.add_argument("--event-plane", default=None)
         args = p.parse_args(argv)

@@ -153,7 +153,9 @@ class SampleLLMEngine(LLMEngine):
         p.add_argument("--discovery-backend", default="etcd")
         p.add_argument("--request-plane", default="tcp")
         p.add_argument(
-            "--response-plane", choices=["tcp"], default=os.environ.get("DYN_RESPONSE_PLANE", "tcp")
+            "--response-plane",
+            choices=["tcp", "quic"],
+            default=os.environ.get("DYN_RESPONSE_PLANE", "tcp"),
         )
         p.add_argument("--event-plane", default=None)
         p.add_argument(

@@ -13,6 +13,15 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import pytest
+from conformance.failures import (
+    ADVISORY_NAMES,
+    PYTHON_ONLY_NAMES,
+    STOCK_NAMES,
+    STRICT_NAMES,
+    CheckStatus,
+    format_duration,
+)
+from conformance.helpers import SyntheticMetrics
 
 import conformance
 from conformance import (
@@ -30,15 +39,6 @@ from conformance import (
     suite_checks,
 )
 from conformance import failures as F
-from conformance.failures import (
-    ADVISORY_NAMES,
-    PYTHON_ONLY_NAMES,
-    STOCK_NAMES,
-    STRICT_NAMES,
-    CheckStatus,
-    format_duration,
-)
-from conformance.helpers import SyntheticMetrics
 from dynamo_lite import Context, EngineConfig, GenerateChunk, GenerateRequest, KvEventSource
 from dynamo_lite.engine import RawRequest, RawResponseChunk
 from tests import conformance_engines as E

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -132,3 +133,23 @@ def test_local_time_and_invalid_directive_warning() -> None:
     (rec,) = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert rec["level"] == "WARN" and "x=?" in rec["message"]
     assert re.search(r"[+-]\d\d:\d\d$", rec["time"])
+
+
+def test_logging_config_file_as_stock_reads_it(tmp_path: Path) -> None:
+    """Stock 1.6.1, side by side: the file's ``log_level`` is the default unless
+    DYN_LOG sets one; its ``log_filters`` apply on top of DYN_LOG either way."""
+    cfg = tmp_path / "logging.toml"
+    cfg.write_text(
+        'log_level = "warn"\n\n[log_filters]\n"dynamo_backend_common::worker" = "debug"\n'
+        '"dynamo_lite.canary" = "nonsense"\n'
+    )
+    root, worker = logging.getLogger(), logging.getLogger("dynamo_lite.worker")
+    buf = io.StringIO()
+    configure_logging({"DYN_LOGGING_CONFIG_PATH": str(cfg)}, buf)
+    assert root.level == logging.WARNING and worker.level == logging.DEBUG
+    assert "log_filters.dynamo_lite.canary = 'nonsense'" in buf.getvalue()
+    configure_logging({"DYN_LOGGING_CONFIG_PATH": str(cfg), "DYN_LOG": "error"}, io.StringIO())
+    assert root.level == logging.ERROR and worker.level == logging.DEBUG
+    configure_logging({"DYN_LOGGING_CONFIG_PATH": str(tmp_path / "absent.toml")}, io.StringIO())
+    assert root.level == logging.INFO and worker.level == logging.NOTSET
+    configure_logging({"DYN_LOG": "info"}, io.StringIO())

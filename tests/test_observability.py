@@ -413,7 +413,11 @@ def exporter() -> Iterator[Any]:
 
 
 def traced_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporter: Any, *requests: dict[str, Any]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    exporter: Any,
+    *requests: dict[str, Any],
+    engine_cls: type[TracedEngine] = TracedEngine,
 ) -> Any:
     """Serve ``requests`` (with a W3C traceparent header) through an in-process worker."""
     real_encode = rp.encode_frame
@@ -424,7 +428,7 @@ def traced_run(
 
     monkeypatch.setattr("dynamo_lite.client.rp.encode_frame", with_trace)
     model = write_tiny_model(tmp_path / "tiny")
-    engine = TracedEngine(str(model))
+    engine = engine_cls(str(model))
     space = uuid.uuid4().hex
 
     async def go() -> list[Any]:
@@ -499,6 +503,28 @@ def test_spans_of_failed_and_cancelled_requests(
     assert cancelled.attributes["finish_reason"] == "Dropped"
     assert cancelled.attributes["cancelled"] is True
     assert cancelled.status.status_code is StatusCode.ERROR
+
+
+class RefusingEngine(TracedEngine):
+    """``generate()`` raises before it returns a stream (a plain function)."""
+
+    def generate(  # type: ignore[override]
+        self, request: GenerateRequest, context: Context
+    ) -> AsyncGenerator[GenerateChunk, None]:
+        raise ValueError("refused before streaming")
+
+
+def test_a_span_when_generate_raises_before_returning_its_stream(
+    exporter: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.trace import StatusCode
+
+    traced_run(tmp_path, monkeypatch, exporter, {"model": "tiny"}, engine_cls=RefusingEngine)
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "engine.generate"]
+    assert f"{span.context.trace_id:032x}" == TRACE_ID
+    assert span.attributes["error_kind"] == "Backend(InvalidArgument)"
+    assert span.attributes["model"] == "tiny" and span.attributes["request_id"]
+    assert span.status.status_code is StatusCode.ERROR
 
 
 def test_tracing_is_off_without_a_provider_or_the_api(monkeypatch: pytest.MonkeyPatch) -> None:

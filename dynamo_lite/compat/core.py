@@ -7,6 +7,15 @@ a test builds is the one dynamo_lite's worker hands to ``generate()``.
 from __future__ import annotations
 
 from ..context import Context, ContextMetadata
+from ..model_cards import ModelType, WorkerType, register_model, unregister_model
 from ..telemetry import SpanProxy
 
-__all__ = ["Context", "ContextMetadata", "SpanProxy"]
+__all__ = [
+    "Context",
+    "ContextMetadata",
+    "ModelType",
+    "SpanProxy",
+    "WorkerType",
+    "register_model",
+    "unregister_model",
+]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelInput
+from ..model_cards import ModelType, register_model, unregister_model
 
 __all__ = [
     "KvEventPublisher",
@@ -19,7 +20,15 @@ __all__ = [
     "MediaFetcher",
     "ModelInput",
     "ModelRuntimeConfig",
+    "ModelType",
+    "register_llm",
+    "register_model",
+    "unregister_llm",
+    "unregister_model",
 ]
+
+register_llm = register_model
+unregister_llm = unregister_model
 
 
 class KvEventPublisher:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ..metrics import gather_with_labels
+from ..metrics import gather_with_labels, get_prometheus_typed
 
-__all__ = ["gather_with_labels"]
+__all__ = ["gather_with_labels", "get_prometheus_typed"]

@@ -37,7 +37,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from . import telemetry
@@ -144,6 +144,9 @@ class Endpoint:
         self.call_home_ssl: ssl.SSLContext | None = None
         #: A frontend that stops reading for this long is treated as gone.
         self.write_stall_timeout = 60.0
+        #: Told each request's id once its first output is written (KV routing's
+        #: ``active_sequences_events``); None costs one test per chunk.
+        self.on_first_output: Callable[[str], None] | None = None
         #: How call-home connections are dialled (None: ``loop.create_connection``).
         self.connect: Connector | None = None
 
@@ -333,6 +336,7 @@ class Endpoint:
         validator = req.validator = RawStreamValidator() if self.raw else StreamValidator()
         output_frame = items.output_frame
         gate = req.gate
+        first_output = self.on_first_output
         error: WireError | None = None
         try:
             async for chunk in agen:
@@ -345,6 +349,9 @@ class Endpoint:
                     frame = output_frame(codec, out)
                     self.stats.response_bytes += len(frame)
                     stream.write(frame)
+                    if first_output is not None:
+                        first_output(ctx.id())
+                        first_output = None
                     if stream.needs_drain:
                         await self._drain_or_give_up(req, stream)
                 elif out is not None:

@@ -472,6 +472,8 @@ class Worker:
         await engine.register_prometheus(self.metrics.engine_metrics())
         ranks = list(engine.component_metrics_dp_ranks())
         self.kv = await start_publishing(self, ranks)
+        if self.kv.active_channel is not None:
+            self.endpoint.on_first_output = self.kv.first_output
         # As stock: with KV routing off there is no snapshot publisher either.
         if ranks and cfg.enable_kv_routing:
             self.snapshots = _SnapshotPublisher(ranks, self.kv.on_snapshot)

@@ -360,3 +360,31 @@ def test_publisher_matches_the_stock_publisher() -> None:
         for rev in msg:
             rev["worker_id"] = "<worker_id>"
     assert ours == [m["payload"] for m in stock]
+
+
+def _active_sequence_payloads() -> list[tuple[str, bytes]]:
+    """(plane, payload bytes) of every captured ``active_sequences_events`` message."""
+    out = [
+        ("nats", env.payload)
+        for _s, body in _nats_bodies()
+        if (env := kve.decode_envelope(body)).topic == kve.ACTIVE_SEQUENCES
+    ]
+    for _target, parts in _zmq_messages():
+        env = kve.decode_zmq_message(parts)
+        if env.topic == kve.ACTIVE_SEQUENCES:
+            out.append(("zmq", env.payload))
+    return out
+
+
+def test_active_sequence_marks_rebuild_byte_for_byte() -> None:
+    import msgpack
+
+    payloads = _active_sequence_payloads()
+    assert {plane for plane, _ in payloads} == {"nats", "zmq"}
+    for plane, payload in payloads:
+        value = msgpack.unpackb(payload)
+        event = value if plane == "nats" else value["events"][0]
+        assert event["data"] == kve.MARK_PREFILL_COMPLETED
+        rebuilt = kve.active_sequence_event(event["request_id"], event["worker"]["worker_id"])
+        wrapped = rebuilt if plane == "nats" else {"events": [rebuilt]}
+        assert kve._packb(wrapped) == payload

@@ -618,3 +618,59 @@ async def test_a_kv_routing_worker_leaves_nothing_behind(
     assert not left, left
     assert fds() - fds_before == set()
     await engine_pub.close()
+
+
+@pytest.mark.anyio
+async def test_first_token_marks_prefill_completed_on_active_sequences(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the stock worker: one ``MarkPrefillCompleted`` per request, after its first token."""
+    import msgpack
+
+    import dynamo_lite
+    from dynamo_lite import PushSource, RuntimeSettings, WorkerConfig
+    from dynamo_lite.client import Client
+    from dynamo_lite.discovery import FileStore
+    from tests.support.inproc import ScriptedEngine
+
+    monkeypatch.setenv("DYN_EVENT_PLANE_HOST", "127.0.0.1")
+
+    class KvEngine(ScriptedEngine):  # type: ignore[misc]
+        async def kv_event_sources(self) -> list[Any]:
+            return [PushSource(on_ready=lambda publisher: None, dp_rank=0)]
+
+    engine = KvEngine({})
+    engine.model = str(tiny_model)
+    root = tmp_path / "kv"
+    config = WorkerConfig(
+        namespace="dynamo",
+        component="kvactive",
+        model_name=str(tiny_model),
+        discovery_backend="file",
+    )
+    async with dynamo_lite.serve(
+        engine,
+        config,
+        settings=RuntimeSettings(tcp_host="127.0.0.1", grace_period=0.0),
+        store=FileStore(root),
+        handle_signals=False,
+    ) as worker:
+        channel = worker.kv.active_channel
+        assert channel is not None
+        port = int(channel.transport.descriptor()["config"]["endpoint"].rpartition(":")[2])
+        reader, conn, writer = await _subscribe(port, kve.ACTIVE_SEQUENCES.encode())
+        # A PUB socket sends only to subscriptions it has seen: wait until it has.
+        pub = channel.transport.server
+        topic = kve.ACTIVE_SEQUENCES.encode()
+        while not any(sub.wants(topic) for sub in pub.subscribers):
+            await asyncio.sleep(0.01)
+        async with Client("dynamo", "kvactive", "generate", store=FileStore(root)) as client:
+            await client.wait_for_instances(10)
+            stream = await client.generate({"token_ids": [1, 2, 3]})
+            items = await stream.collect()
+        assert items[-1]["finish_reason"] == "length"
+        [message] = await _next_messages(reader, conn, 1)
+        env = kve.decode_zmq_message(message.parts)
+        [event] = msgpack.unpackb(env.payload)["events"]
+        assert event == kve.active_sequence_event(stream.request_id, worker.instance_id)
+        writer.close()

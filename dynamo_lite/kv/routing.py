@@ -77,6 +77,9 @@ class KvRouting:
     enable_local_indexer: bool = False
     sources: list[_Source] = field(default_factory=list)
     metrics_channel: EventChannel | None = None
+    active_channel: EventChannel | None = None
+    #: ``zmq`` or ``nats``: the two wrap ``active_sequences_events`` differently.
+    plane: str = "zmq"
     channels: list[EventChannel] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     _worker: Any = None
@@ -113,6 +116,14 @@ class KvRouting:
         payload = kve.kv_metrics_payload(self._worker.instance_id, rank, used)
         with contextlib.suppress(RuntimeError):  # loop closed: the worker is gone
             loop.call_soon_threadsafe(channel.publish, payload)
+
+    def first_output(self, request_id: str) -> None:
+        """A request streamed its first token: mark its prefill completed, as stock does."""
+        channel = self.active_channel
+        if channel is None or self._worker is None:
+            return
+        event = kve.active_sequence_event(request_id, self._worker.instance_id)
+        channel.publish(event if self.plane == "nats" else {"events": [event]})
 
     async def register_recovery(self) -> None:
         """Write the query endpoint's instance and the ``event_sources`` record;
@@ -278,8 +289,9 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
         routing.enable_local_indexer = local_indexer and bool(routing.sources)
         routing.metrics_channel = await new_channel(kve.KV_METRICS)
         await put(routing.metrics_channel.key, routing.metrics_channel.record())
-        active = await new_channel(kve.ACTIVE_SEQUENCES)
+        active = routing.active_channel = await new_channel(kve.ACTIVE_SEQUENCES)
         await put(active.key, active.record())
+        routing.plane = plane
     except BaseException:
         await routing.close()
         raise

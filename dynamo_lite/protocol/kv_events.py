@@ -13,7 +13,9 @@ prefix. Three topics travel on the event plane, each from its own publisher
   it and asks the worker's ``worker_kv_query_source_*`` endpoint to replay.
 * ``kv_metrics``: ``{worker_id, dp_rank, active_decode_blocks,
   active_prefill_tokens, kv_used_blocks}`` (the router's load signal).
-* ``active_sequences_events``: request lifecycle marks (not needed to route).
+* ``active_sequences_events``: request lifecycle marks (not needed to route):
+  ``MarkPrefillCompleted`` after each request's first token; on ZMQ wrapped
+  as ``{events: [event]}``, on NATS the bare event.
 
 Every message is wrapped in an envelope ``{publisher_id, sequence,
 published_at (ms), topic, payload: bin(msgpack(payload))}``. On NATS the
@@ -118,6 +120,28 @@ def kv_metrics_payload(worker_id: int, dp_rank: int, kv_used_blocks: int) -> dic
         "active_decode_blocks": None,
         "active_prefill_tokens": None,
         "kv_used_blocks": kv_used_blocks,
+    }
+
+
+#: The one request mark the stock worker publishes, after a request's first token.
+MARK_PREFILL_COMPLETED = "MarkPrefillCompleted"
+
+
+def active_sequence_event(
+    request_id: str,
+    worker_id: int,
+    dp_rank: int = 0,
+    data: str = MARK_PREFILL_COMPLETED,
+    lora_name: str | None = None,
+) -> dict[str, Any]:
+    """One ``active_sequences_events`` event, keyed as stock writes it (the
+    worker's own id stands in ``router_id`` too, as in the stock captures)."""
+    return {
+        "request_id": request_id,
+        "worker": {"worker_id": worker_id, "dp_rank": dp_rank},
+        "data": data,
+        "router_id": worker_id,
+        "lora_name": lora_name,
     }
 
 

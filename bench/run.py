@@ -1015,6 +1015,16 @@ def settings(argv: list[str] | None) -> Settings:
                 script=base / "examples" / "sample_engine.py",
             )
         )
+        if "base-engine" in wanted:
+            # Today's runtime with the baseline's engine: what the runtime alone changed.
+            s.variants.append(
+                Kind(
+                    "lite-base-engine",
+                    "litebaseengine",
+                    s.lite_python,
+                    script=base / "examples" / "sample_engine.py",
+                )
+            )
     return s
 
 

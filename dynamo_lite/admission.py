@@ -97,6 +97,19 @@ class EngineGate:
         self.admitted += 1
         return True
 
+    def try_enter(self) -> bool:
+        """Take a slot at once if there is one (always, without a limit): the
+        per-request path then awaits nothing."""
+        limit = self.limit
+        if limit is None:
+            self.in_engine += 1
+            return True
+        if self.in_engine < limit and not self._waiting:
+            self.admitted -= 1
+            self.in_engine += 1
+            return True
+        return False
+
     async def enter(self) -> None:
         """Wait for a slot in the engine (at once without a limit)."""
         limit = self.limit

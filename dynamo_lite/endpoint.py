@@ -252,12 +252,13 @@ class Endpoint:
     ) -> None:
         started = time.monotonic()
         gate = self.engine_gate
-        try:
-            await gate.enter()  # at once unless DYN_ENGINE_REQUEST_LIMIT is reached
-        except BaseException:
-            req.ctx._end()
-            self.requests.pop(req.ctx.id(), None)
-            raise
+        if not gate.try_enter():  # at once unless DYN_ENGINE_REQUEST_LIMIT is reached
+            try:
+                await gate.enter()
+            except BaseException:
+                req.ctx._end()
+                self.requests.pop(req.ctx.id(), None)
+                raise
         self.stats.inflight += 1
         try:
             try:

@@ -336,7 +336,9 @@ class SampleLLMEngine(LLMEngine):
         max_new = stop.get("max_tokens") or self.max_tokens
         top_k, _ = parse_logprob_options(request.get("output_options") or {})
 
-        blocks = self._store_prompt_blocks(prompt_len)
+        # KV bookkeeping only while a publisher consumes it (KV routing on): with
+        # --disable-kv-routing nothing would ever drain the queue.
+        blocks = self._store_prompt_blocks(prompt_len) if self._publish_thread else None
         self.active += 1
         # One generator per request, tokens yielded straight from this loop: a
         # nested generator would double the per-token cost the benchmarks measure.
@@ -358,7 +360,8 @@ class SampleLLMEngine(LLMEngine):
                     yield chunk
         finally:
             self.active -= 1
-            self._remove_blocks(blocks)
+            if blocks is not None:
+                self._remove_blocks(blocks)
 
     def _finish(
         self,

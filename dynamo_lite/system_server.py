@@ -243,12 +243,7 @@ class SystemServer:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                with anyio.fail_after(self.idle_timeout):
-                    try:
-                        data = await stream.receive(65536)
-                    except anyio.EndOfStream:
-                        data = b""
-                conn.receive_data(data)
+                await self._receive(conn, stream)
             elif isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > MAX_BODY:
@@ -263,6 +258,15 @@ class SystemServer:
         path = request.target.decode().split("?", 1)[0]
         await self._send(conn, stream, method, await handler(method, path, b"".join(chunks)))
         return True
+
+    async def _receive(self, conn: h11.Connection, stream: anyio.abc.SocketStream) -> None:
+        """Feed h11 the next bytes; idle connections are bounded too (TimeoutError)."""
+        with anyio.fail_after(self.idle_timeout):
+            try:
+                data = await stream.receive(65536)
+            except anyio.EndOfStream:
+                data = b""
+        conn.receive_data(data)
 
     async def _send(
         self, conn: h11.Connection, stream: anyio.abc.SocketStream, method: str, response: Response
@@ -290,13 +294,7 @@ class SystemServer:
                 while True:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
-                        # Idle keep-alive connections are bounded too.
-                        with anyio.fail_after(self.idle_timeout):
-                            try:
-                                data = await stream.receive(65536)
-                            except anyio.EndOfStream:
-                                data = b""
-                        conn.receive_data(data)
+                        await self._receive(conn, stream)
                     elif isinstance(event, h11.Request):
                         body_handler = self._body_handler(event.target.decode())
                         if body_handler is None:

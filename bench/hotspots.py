@@ -32,7 +32,9 @@ import run as bench
 from procs import LOOPBACK, Proc, install_cleanup, loopback_env, raise_fd_limit, stop_all
 
 
-def profile(s: bench.Settings, concurrency: int, tokens: int, seconds: float, top: int) -> None:
+def profile(
+    s: bench.Settings, concurrency: int, tokens: int, seconds: float, top: int, kv: bool = False
+) -> None:
     kind = s.kinds[1]
     prof = s.workdir / "worker.prof"
     with bench.session(s, [s.kinds[0]], "hotspots", delay=0.0) as (fe, _, kv):
@@ -42,7 +44,7 @@ def profile(s: bench.Settings, concurrency: int, tokens: int, seconds: float, to
             str(kind.python), "-m", "cProfile", "-o", str(prof), str(s.lite_engine),
             "--model-name", str(bench.model_dir(s, kind)), "--namespace", "dynamo",
             "--component", kind.component, "--discovery-backend", "file", "--delay", "0",
-            "--disable-kv-routing",
+            *([] if kv else ["--disable-kv-routing"]),
         ]  # fmt: skip
         home = s.workdir / "home-lite"
         home.mkdir(exist_ok=True)
@@ -134,6 +136,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--imports-only", action="store_true")
+    p.add_argument("--kv", action="store_true", help="KV routing on (events for every request)")
     p.add_argument("--stock-venv")
     a = p.parse_args()
     argv = ["--variants", "none",
@@ -146,7 +149,7 @@ def main() -> int:
     try:
         bench.make_models(s)
         if not a.imports_only:
-            profile(s, a.concurrency, a.tokens, a.seconds, a.top)
+            profile(s, a.concurrency, a.tokens, a.seconds, a.top, kv=a.kv)
         imports(s, a.top)
     finally:
         stop_all()

@@ -67,6 +67,10 @@ def subject_prefix(ep: EndpointId) -> str:
 class EventTransport(Protocol):
     def send(self, topic: str, publisher_id: int, sequence: int, envelope: bytes) -> None: ...
 
+    def wants(self, topic: str) -> bool:
+        """False when nobody would receive ``topic`` now (a message may be skipped)."""
+        ...
+
     def descriptor(self) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
@@ -97,6 +101,12 @@ class ZmqEventTransport:
     def send(self, topic: str, publisher_id: int, sequence: int, envelope: bytes) -> None:
         self.server.send(kve.encode_zmq_message(topic, publisher_id, sequence, envelope))
 
+    def wants(self, topic: str) -> bool:
+        # A PUB socket drops what no subscriber asked for: such a message need
+        # not even be encoded.
+        raw = topic.encode()
+        return any(sub.wants(raw) for sub in self.server.subscribers)
+
     def descriptor(self) -> dict[str, Any]:
         host = self.advertise_host
         if ":" in host and not host.startswith("["):
@@ -119,6 +129,9 @@ class NatsEventTransport:
         self._max = max_backlog
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="kv-nats-sender")
+
+    def wants(self, topic: str) -> bool:
+        return True  # the NATS server knows the interest; always publish
 
     def send(self, topic: str, publisher_id: int, sequence: int, envelope: bytes) -> None:
         if len(self._backlog) >= self._max:
@@ -175,6 +188,8 @@ class EventChannel:
     def publish(self, payload: Any) -> None:
         seq = self.sequence
         self.sequence += 1
+        if not self.transport.wants(self.topic):
+            return  # dropped unread anyway; the sequence still counts it, as stock's does
         env = kve.encode_envelope(
             self.publisher_id, seq, int(time.time() * 1000), self.topic, payload
         )

@@ -29,6 +29,7 @@ traffic (``tests/vectors/kv/``).
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +66,16 @@ ZMQ_PAYLOAD_VERSION = 1
 _MASK64 = (1 << 64) - 1
 
 
+_packers = threading.local()
+
+
 def _packb(obj: Any) -> bytes:
-    out = msgpack.packb(obj, use_bin_type=True)
+    # One Packer per thread: building one per call costs more than the packing,
+    # and a Packer is not safe to share between threads.
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    out = packer.pack(obj)
     assert isinstance(out, bytes)
     return out
 

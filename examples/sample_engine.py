@@ -16,8 +16,9 @@ be compared side by side, in every disaggregation role:
 
 It checks ``context.is_stopped()`` before every token and, when stopped, ends
 with a ``cancelled`` terminal. ``output_options.logprobs`` gets deterministic
-synthetic logprobs. A background thread feeds the KV-event publisher and the
-per-rank snapshot publisher, as the stock sample does.
+synthetic logprobs. Each request's prompt blocks are announced stored, then
+removed, through the KV-event publisher; a background thread pushes per-rank
+load snapshots.
 
 Run it beside the stock frontend (same flags as the stock sample worker)::
 
@@ -132,9 +133,12 @@ class SampleLLMEngine(LLMEngine):
         self.route_to_encoder = route_to_encoder
         self.active = 0
         self._started = False
-        # KV bookkeeping, shared with the publisher thread.
+        # KV bookkeeping: events go straight to the publisher (thread-safe, and
+        # cheapest from the loop's own thread); a thread pushes load snapshots.
         self._kv_used_blocks = 0
-        self._block_ids = itertools.count(1)  # thread-safe under concurrent generate()
+        self._block_ids = itertools.count(1)
+        self._kv_publisher: Any = None
+        #: Events queued for the thread (stock's seam; this engine publishes directly).
         self._publish_queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self._publish_stop = threading.Event()
         self._publish_thread: threading.Thread | None = None
@@ -222,13 +226,14 @@ class SampleLLMEngine(LLMEngine):
         self._snapshot_publisher = publisher
 
     def _start_publisher_thread(self, publisher: Any) -> None:
+        self._kv_publisher = publisher
         self._publish_thread = threading.Thread(
             target=self._publish_loop, args=(publisher,), daemon=True, name="sample-kv-publisher"
         )
         self._publish_thread.start()
 
     def _publish_loop(self, publisher: Any) -> None:
-        """Forward queued KV events; on every idle tick (~10 Hz) push a snapshot instead."""
+        """Forward anything queued; on every idle tick (~10 Hz) push a load snapshot."""
         while not self._publish_stop.is_set():
             try:
                 kind, event = self._publish_queue.get(timeout=0.1)
@@ -261,21 +266,22 @@ class SampleLLMEngine(LLMEngine):
     def _store_prompt_blocks(self, prompt_len: int) -> list[int]:
         count = max(1, prompt_len // BLOCK_SIZE)
         hashes = [next(self._block_ids) for _ in range(count)]
-        self._publish_queue.put(
-            (
-                "stored",
-                {
-                    "token_ids": list(range(count * BLOCK_SIZE)),
-                    "num_block_tokens": [BLOCK_SIZE] * count,
-                    "block_hashes": hashes,
-                },
+        try:
+            self._kv_publisher.publish_stored(
+                token_ids=list(range(count * BLOCK_SIZE)),
+                num_block_tokens=[BLOCK_SIZE] * count,
+                block_hashes=hashes,
             )
-        )
+        except Exception:
+            logger.exception("sample publisher dropped a stored event")
         self._kv_used_blocks += count
         return hashes
 
     def _remove_blocks(self, hashes: list[int]) -> None:
-        self._publish_queue.put(("removed", {"block_hashes": hashes}))
+        try:
+            self._kv_publisher.publish_removed(block_hashes=hashes)
+        except Exception:
+            logger.exception("sample publisher dropped a removed event")
         self._kv_used_blocks = max(0, self._kv_used_blocks - len(hashes))
 
     # --- canary --------------------------------------------------------------
@@ -336,9 +342,8 @@ class SampleLLMEngine(LLMEngine):
         max_new = stop.get("max_tokens") or self.max_tokens
         top_k, _ = parse_logprob_options(request.get("output_options") or {})
 
-        # KV bookkeeping only while a publisher consumes it (KV routing on): with
-        # --disable-kv-routing nothing would ever drain the queue.
-        blocks = self._store_prompt_blocks(prompt_len) if self._publish_thread else None
+        # KV events only with a publisher (KV routing on).
+        blocks = self._store_prompt_blocks(prompt_len) if self._kv_publisher else None
         self.active += 1
         # One generator per request, tokens yielded straight from this loop: a
         # nested generator would double the per-token cost the benchmarks measure.

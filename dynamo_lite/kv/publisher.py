@@ -159,6 +159,8 @@ class KvEventPublisher:
         self._loop = loop
         self._max = max_pending
         self._lock = threading.Lock()
+        #: Calls from the loop's own thread schedule the drain without a wake-up write.
+        self._loop_thread = threading.get_ident()
         self._pending: collections.deque[_Pending] = collections.deque()
         self._scheduled = False
         self._closed = False
@@ -242,7 +244,10 @@ class KvEventPublisher:
                 return
             self._scheduled = True
         with contextlib.suppress(RuntimeError):  # loop closed: the worker is gone
-            self._loop.call_soon_threadsafe(self._drain)
+            if threading.get_ident() == self._loop_thread:
+                self._loop.call_soon(self._drain)
+            else:
+                self._loop.call_soon_threadsafe(self._drain)
 
     # --- the worker's side (event loop) ----------------------------------------------
     def _drain(self) -> None:

@@ -313,11 +313,20 @@ def test_lease_loss_reregisters_and_keeps_serving(
     env = worker_env(etcd_endpoint=etcd.endpoint, events=events, ETCD_LEASE_TTL="2")
     proc = spawn(worker_argv(tiny_model, script=LIFECYCLE, discovery="etcd"), env=env)
 
-    before = wait_until(lambda: etcd_instance_keys(etcd), timeout=20, what="registration")
+    # The serving endpoint's record is written last (the KV query endpoint's comes first).
+    wait_until(
+        lambda: any("worker_kv_query" not in k for k in etcd_instance_keys(etcd)),
+        timeout=20,
+        what="registration",
+    )
+    before = etcd_instance_keys(etcd)
     etcd.restart(keep_data=False)
-    wait_until(lambda: etcd_instance_keys(etcd) == before, timeout=10, what="re-registration")
+    wait_until(lambda: etcd_instance_keys(etcd) == before, timeout=20, what="re-registration")
+    # The records come back first, then the worker is told (and logs it).
+    wait_until(
+        lambda: "discovery liveness restored" in proc.log_text(), timeout=10, what="recovery log"
+    )
     assert proc.running
-    assert "discovery liveness restored" in proc.log_text()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
 

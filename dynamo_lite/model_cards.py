@@ -28,10 +28,10 @@ import logging
 from typing import Any
 
 from .card import ModelFiles, build_card, slugify
-from .config import ModelInput, detect_host
+from .config import ModelInput
 from .discovery import keys as dkeys
 from .engine import EngineConfig
-from .system_server import Response
+from .registration import serve_files
 
 __all__ = ["ModelType", "WorkerType", "register_model", "unregister_model", "withdraw_all"]
 
@@ -86,25 +86,14 @@ def _published(worker: Any) -> dict[str, str]:
     return published
 
 
-def _self_host(worker: Any, files: ModelFiles, slug: str) -> Any:
+async def _self_host(worker: Any, files: ModelFiles, slug: str) -> Any:
     server = worker.system_server
     if server is None:
         return None
     cfg = worker.config
     prefix = f"/v1/metadata/{cfg.namespace}/{cfg.component}/{cfg.endpoint}/{slug}/{slug}/"
-    contents = {name: path.read_bytes() for name, (path, _c, _s) in files.files.items()}
-
-    def serve_file(method: str, path: str) -> Response:
-        body = contents.get(path[len(prefix) :])
-        return Response(404, b"Not found") if body is None else Response(200, body)
-
     # Ahead of the base model's /v1/metadata/ route, which would match first.
-    server.prefix_routes.insert(0, (prefix, serve_file))
-    host = worker.settings.system_host
-    if host in ("", "0.0.0.0", "::"):
-        host = detect_host()
-    base = f"http://{host}:{server.port}{prefix}"
-    return lambda name: base + name
+    return await serve_files(server, worker.settings.system_host, files, prefix, first=True)
 
 
 async def register_model(
@@ -138,7 +127,7 @@ async def register_model(
         served_model_name=lora_name,
         model_input=model_input if isinstance(model_input, ModelInput) else ModelInput.Tokens,
     )
-    url_for = await asyncio.to_thread(_self_host, worker, files, slug)
+    url_for = await _self_host(worker, files, slug)
     card = build_card(files, cfg, EngineConfig(model=lora_name), url_for=url_for)
     if isinstance(model_type, ModelType):
         card["model_type"] = model_type.card_string()

@@ -75,13 +75,25 @@ async def _serve_model_files(
     config: WorkerConfig,
     engine_config: EngineConfig,
 ) -> Callable[[str], str]:
-    """Serve the model files from the system server; returns name → URL."""
+    """Serve the base model's files from the system server; returns name → URL."""
+    slug = slugify(served_model_name(config, engine_config))
+    prefix = f"/v1/metadata/{config.namespace}/{config.component}/{config.endpoint}/{slug}/_base/"
+    return await serve_files(server, host, files, prefix)
+
+
+async def serve_files(
+    server: SystemServer, host: str, files: ModelFiles, prefix: str, *, first: bool = False
+) -> Callable[[str], str]:
+    """Serve ``files`` under ``prefix`` on the system server; returns name → URL.
+
+    The bytes are read once, here, so what is served matches the card's
+    checksums. ``first`` puts the route ahead of the others (a LoRA adapter's
+    prefix lies under the base model's ``/v1/metadata/`` route).
+    """
     contents = {
         name: await asyncio.to_thread(path.read_bytes)
         for name, (path, _checksum, _size) in files.files.items()
     }
-    slug = slugify(served_model_name(config, engine_config))
-    prefix = f"/v1/metadata/{config.namespace}/{config.component}/{config.endpoint}/{slug}/_base/"
     host = system_url_host(host)  # a wildcard bind: the address stock would choose
     base = f"http://{url_host(host)}:{server.port}{prefix}"
 
@@ -91,7 +103,10 @@ async def _serve_model_files(
             return Response(404, b"Not found")
         return Response(200, body, "application/octet-stream")
 
-    server.route("/v1/metadata/", serve_file, prefix=True)
+    if first:
+        server.prefix_routes.insert(0, (prefix, serve_file))
+    else:
+        server.route("/v1/metadata/", serve_file, prefix=True)
     return lambda name: base + name
 
 

@@ -51,7 +51,7 @@ from .netaddr import bind_and_advertise
 from .registration import Registration, build_model_card
 from .signals import Watchdog, captured_signals
 from .stats import WorkerStats
-from .system_server import Health, SystemServer
+from .system_server import HealthStatus, SystemServer
 from .tasks import Service, start_service
 from .transport.nats_plane import NatsError
 from .transport.planes import RequestPlane, TcpPlane, open_plane
@@ -84,7 +84,7 @@ class _SnapshotPublisher:
             self._forward(rank, snapshot)
 
 
-def _worker_stats(config: WorkerConfig, endpoint: Endpoint, health: Health) -> WorkerStats:
+def _worker_stats(config: WorkerConfig, endpoint: Endpoint, health: HealthStatus) -> WorkerStats:
     """The worker's stats: its labels, the endpoint's counters, the health status's view."""
     return WorkerStats(
         namespace=config.namespace,
@@ -160,7 +160,7 @@ class Worker:
         self.engine_config: EngineConfig | None = None
         #: The card and the instance record in discovery (dynamo_lite/registration.py).
         self.registration: Registration | None = None
-        self.health = Health()
+        self.health = HealthStatus()
         self.system_server: SystemServer | None = None
         #: The latest per-rank snapshots, when the engine declared dp ranks.
         self.snapshots: _SnapshotPublisher | None = None

@@ -34,7 +34,7 @@ from dynamo_lite.metrics import (
     register_global_registry,
 )
 from dynamo_lite.stats import REQUEST_DURATION_BUCKETS, Histogram, WorkerStats
-from dynamo_lite.system_server import Health
+from dynamo_lite.system_server import HealthStatus
 from dynamo_lite.tiny_model import write_tiny_model
 
 
@@ -267,7 +267,7 @@ def test_system_port_accepts_every_valid_port(raw: str | None, port: int | None)
 
 
 def test_health_readiness_model() -> None:
-    h = Health({})
+    h = HealthStatus({})
     assert not h.ready and h.body()["endpoints"] == {}
     h.set_endpoint("generate", True)
     h.serving = True
@@ -284,11 +284,11 @@ def test_health_readiness_model() -> None:
     h.lift("global")
     h.shutting_down = True
     assert not h.ready
-    listed = Health({"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": '["generate"]'})
+    listed = HealthStatus({"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": '["generate"]'})
     assert listed.body()["endpoints"] == {"generate": "notready"}
     listed.set_endpoint("generate", True)
     assert listed.ready
-    starting = Health({"DYN_SYSTEM_STARTING_HEALTH_STATUS": "ready"})
+    starting = HealthStatus({"DYN_SYSTEM_STARTING_HEALTH_STATUS": "ready"})
     assert starting.ready
 
 

@@ -67,10 +67,6 @@ TEARDOWN_JOIN_BOUND = 2.0
 QUIESCENT_POLL = 0.5
 
 
-#: What ``on_endpoint_ready`` receives (dynamo_lite/engine_routes.py).
-EndpointHandle = ServingEndpoint
-
-
 class _SnapshotPublisher:
     """Receives per-rank snapshots; the latest one per rank is kept for /metrics."""
 

@@ -336,6 +336,10 @@ async def test_worker_sets_the_shutdown_gauges(tmp_path: Path) -> None:
     ((labels, _),) = by_name(text, "dynamo_component_model_load_time_seconds")
     assert labels["model"] == str(model) and labels["worker_id"] == f"{worker.instance_id:x}"
     assert by_name(text, "dynamo_work_handler_pool_capacity")[0][1] == 10_000
+    # Discovery's recovery hook is where the worker counts a recovery.
+    assert worker.store.on_recovered is not None
+    await worker.store.on_recovered("keepalive resumed")
+    assert by_name(worker.metrics.render(), "dynamo_lite_lease_recoveries_total")[0][1] == 1
     assert by_name(text, "dynamo_component_cleanup_time_seconds")[0][1] == 0
     worker.request_shutdown()
     assert await asyncio.wait_for(task, 20) == 0

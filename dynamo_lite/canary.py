@@ -1,4 +1,9 @@
-"""Active health checks: the canary probe (stock) and the stall detector (dynamo_lite).
+"""Canary (sends the health_check.py payload when idle) + stall detector; both set HealthStatus.
+
+Active health checks: the canary probe (stock) and the stall detector
+(dynamo_lite). The payload is built by :mod:`dynamo_lite.health_check`;
+their verdicts go into :class:`dynamo_lite.system_server.HealthStatus`,
+the status ``/health`` and ``/live`` serve.
 
 Theory of operation
 -------------------
@@ -61,7 +66,7 @@ if TYPE_CHECKING:
 
     from .config import WorkerConfig
     from .engine import BaseEngine
-    from .system_server import Health
+    from .system_server import HealthStatus
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +216,7 @@ class HealthMonitor:
         self,
         engine: BaseEngine,
         endpoint: MonitoredEndpoint,
-        health: Health,
+        health: HealthStatus,
         settings: HealthSettings,
         payload: Mapping[str, Any] | None,
     ) -> None:

@@ -174,6 +174,9 @@ class _RequestConnection(asyncio.Protocol):
 class ResponseStream:
     """The items of one request, as an async iterator of output dicts.
 
+    The reading end of a call-home stream; the worker's writing end is
+    :class:`dynamo_lite.transport.response_stream.ResponseSender`.
+
     Raises :class:`RemoteError` for an error item and :class:`ClientError`
     when the stream ends without ``complete_final``.
     """

@@ -54,7 +54,7 @@ from .protocol.errors import ProtocolError
 from .stats import EndpointStats
 from .stream import RawStreamValidator, StreamValidator
 from .tasks import TaskSet
-from .transport.response_stream import Connector, ResponseStream, open_stream
+from .transport.response_stream import Connector, ResponseSender, open_stream
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class _Request:
         self.ctx = ctx
         self.codec = codec
         self.gate = gate
-        self.stream: ResponseStream | None = None
+        self.stream: ResponseSender | None = None
         self.signal: str | None = None
         self.abort_task: asyncio.Task[None] | None = None
         #: The kill-grace scope around the pump (see the module docstring).
@@ -379,7 +379,7 @@ class Endpoint:
         await self._close_generator(agen, validator)
         self.stats.dropped_chunks += validator.dropped
 
-    async def _drain_or_give_up(self, req: _Request, stream: ResponseStream) -> None:
+    async def _drain_or_give_up(self, req: _Request, stream: ResponseSender) -> None:
         try:
             async with asyncio.timeout(self.write_stall_timeout):
                 await stream.drain()

@@ -54,7 +54,7 @@ from .discovery import EndpointId, KvStore
 from .engine import BaseEngine
 from .metrics import EngineMetrics
 from .registration import Registration
-from .system_server import Health, Response
+from .system_server import HealthStatus, Response
 
 __all__ = [
     "MODEL_TAINTS",
@@ -83,7 +83,7 @@ class WorkerView(Protocol):
     """What the routes read from the worker (attributes of :class:`dynamo_lite.worker.Worker`)."""
 
     @property
-    def health(self) -> Health: ...
+    def health(self) -> HealthStatus: ...
     @property
     def config(self) -> WorkerConfig: ...
     @property

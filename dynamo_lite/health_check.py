@@ -1,4 +1,10 @@
-"""Canary payload helpers, with the names and behaviour of ``dynamo.common.backend.health_check``.
+"""Health-check payload (stock module); canary.py sends it, system_server.HealthStatus is /health.
+
+Canary payload helpers, with the names and behaviour of ``dynamo.common.backend.health_check``.
+Three modules deal with health, one concept each: this one builds the
+*payload*; :mod:`dynamo_lite.canary` *sends* it when the endpoint is idle
+and judges the answer; :class:`dynamo_lite.system_server.HealthStatus` is
+the *served status* that verdict sets.
 
 Producer side: an engine's ``health_check_payload()`` returns
 :func:`build_health_check_payload` (a one-token request plus backend

@@ -9,10 +9,11 @@ per request (response bytes once per chunk, an integer add), plus three
 :class:`Histogram` objects whose ``observe`` is one bisect and two adds.
 At scrape time :class:`WorkerMetrics` — a custom collector registered in
 its own :class:`~prometheus_client.CollectorRegistry`, never the global
-one — reads those counters, the lifecycle timings, the per-rank snapshots
-an engine publishes and the health monitor, and builds the metric families
-from scratch. A scrape costs a few hundred microseconds; a request costs
-nothing extra.
+one — reads the worker's :class:`~dynamo_lite.stats.WorkerStats` (those
+counters, the lifecycle timings, the per-rank snapshots an engine
+publishes, the canary's verdicts, readiness, the lease counters) and
+builds the metric families from scratch; it never sees the worker. A
+scrape costs a few hundred microseconds; a request costs nothing extra.
 
 Families (labels ``dynamo_namespace``, ``dynamo_component``,
 ``dynamo_endpoint``, ``worker_id`` = the instance id in lowercase hex,
@@ -49,25 +50,20 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .admission import EngineGate
-from .card import served_model_name
 from .multiproc import bridge_global_registry, ensure_prometheus_multiproc_dir
 from .stats import (
     PERMIT_WAIT_BUCKETS,
     Histogram,
+    QueueGauges,
+    WorkerStats,
 )
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector
-
-    from .canary import HealthMonitor
-    from .config import WorkerConfig
-    from .endpoint import Endpoint
-    from .engine import EngineConfig
-    from .system_server import Health
 
 logger = logging.getLogger(__name__)
 
@@ -188,24 +184,6 @@ FAMILIES: dict[str, tuple[str, str]] = {
 # --- scrape-time collection --------------------------------------------------------
 
 
-class MetricsSource(Protocol):
-    """What :class:`WorkerMetrics` reads from the worker at scrape time."""
-
-    config: WorkerConfig
-    endpoint: Endpoint
-    health: Health
-    instance_id: int | None
-    engine_config: EngineConfig | None
-    timings: dict[str, float]
-    lease_recoveries: int
-    lease_losses: int
-    snapshots: Any
-    monitor: HealthMonitor | None
-
-    @property
-    def lease_renewals(self) -> int: ...
-
-
 class _Families:
     """Builds metric families in first-use order, series by series."""
 
@@ -274,11 +252,11 @@ class WorkerMetrics:
     without a system port never loads it.
     """
 
-    def __init__(self, source: MetricsSource) -> None:
-        self.source = source
+    def __init__(self, stats: WorkerStats) -> None:
+        self.stats = stats
         self._registry: Any = None
         self.engine = EngineMetrics({})
-        self.extra = extra_labels(source.config.metrics_labels)
+        self.extra = extra_labels(stats.metrics_labels)
         self.unavailable_reported = False
 
     # --- engine bridge ---------------------------------------------------------
@@ -288,28 +266,27 @@ class WorkerMetrics:
         return self.engine
 
     def _endpoint_labels(self) -> dict[str, str]:
-        s = self.source
-        cfg = s.config
+        s = self.stats
         assert s.instance_id is not None
         return {
-            NS: cfg.namespace,
-            COMP: cfg.component,
-            EP: cfg.endpoint,
+            NS: s.namespace,
+            COMP: s.component,
+            EP: s.endpoint_name,
             WID: f"{s.instance_id:x}",
         }
 
     def _model_labels(self) -> dict[str, str]:
-        labels = self._endpoint_labels() if self.source.instance_id is not None else {}
-        name = served_model_name(self.source.config, self.source.engine_config)
+        labels = self._endpoint_labels() if self.stats.instance_id is not None else {}
+        name = self.stats.model or ""
         return {**labels, MODEL: name, MODEL_NAME: name}
 
     # --- Collector -------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
-        s = self.source
+        s = self.stats
         f = _Families(self.extra)
         if s.instance_id is not None:
             self._work_handler(f)
-            if s.engine_config is not None:
+            if s.model is not None:
                 self._lifecycle(f)
                 self._ranks(f)
             self._extras(f)
@@ -318,8 +295,8 @@ class WorkerMetrics:
         return iter(sorted(f.metrics.values(), key=lambda m: m.name))
 
     def _work_handler(self, f: _Families) -> None:
-        s = self.source
-        st = s.endpoint.stats
+        s = self.stats
+        st = s.endpoint
         ep = self._endpoint_labels()
         f.value("dynamo_component_cancellation_total", ep, st.cancelled)
         f.value("dynamo_component_inflight_requests", ep, st.inflight)
@@ -328,22 +305,20 @@ class WorkerMetrics:
         f.value("dynamo_component_requests_total", ep, st.requests)
         f.value("dynamo_component_response_bytes_total", ep, st.response_bytes)
         wid = {WID: ep[WID]}
-        f.value("dynamo_component_uptime_seconds", wid, time.monotonic() - s.health.started)
+        f.value("dynamo_component_uptime_seconds", wid, time.monotonic() - s.started)
         no_ep = {k: v for k, v in ep.items() if k != EP}
-        kv = getattr(s, "kv", None)
-        dropped = kv.dropped_events() if kv is not None else 0
+        dropped = s.kv_dropped_events()
         f.value("dynamo_component_kv_publisher_engines_dropped_events_total", no_ep, dropped)
 
     def _lifecycle(self, f: _Families) -> None:
-        t = self.source.timings
+        s = self.stats
         labels = self._model_labels()
-        f.value("dynamo_component_model_load_time_seconds", labels, t.get("model_load", 0.0))
-        f.value("dynamo_component_drain_time_seconds", labels, t.get("drain", 0.0))
-        f.value("dynamo_component_cleanup_time_seconds", labels, t.get("cleanup", 0.0))
+        f.value("dynamo_component_model_load_time_seconds", labels, s.model_load_seconds)
+        f.value("dynamo_component_drain_time_seconds", labels, s.drain_seconds)
+        f.value("dynamo_component_cleanup_time_seconds", labels, s.cleanup_seconds)
 
     def _ranks(self, f: _Families) -> None:
-        publisher = self.source.snapshots
-        latest: Mapping[int, Any] = getattr(publisher, "latest", None) or {}
+        latest = self.stats.ranks
         base = self._model_labels()
         for rank in sorted(latest):
             snap = latest[rank]
@@ -357,38 +332,37 @@ class WorkerMetrics:
                 f.value("dynamo_component_kv_cache_hit_rate", labels, hit)
 
     def _process(self, f: _Families) -> None:
-        s = self.source
-        st = s.endpoint.stats
+        s = self.stats
+        st = s.endpoint
         f.value("dynamo_engine_request", {}, st.inflight)
         f.value("dynamo_rejection_request_total", {}, st.overloaded)
-        gate: EngineGate = getattr(s.endpoint, "engine_gate", _UNLIMITED)
+        gate: QueueGauges = s.queue or _UNLIMITED
         f.value("dynamo_request_queue", {}, gate.queue_depth)
         f.value("dynamo_work_handler_enqueue_rejected_total", {}, 0)
         f.histogram("dynamo_work_handler_network_transit_seconds", {}, st.transit)
         f.histogram("dynamo_work_handler_permit_wait_seconds", {}, _NO_PERMIT_WAIT)
         f.value("dynamo_work_handler_pool_active_tasks", {}, st.inflight)
-        f.value("dynamo_work_handler_pool_capacity", {}, s.endpoint.max_inflight)
+        f.value("dynamo_work_handler_pool_capacity", {}, s.pool_capacity)
         f.value("dynamo_work_handler_queue_capacity", {}, gate.queue_capacity)
         f.value("dynamo_work_handler_queue_depth", {}, gate.queue_depth)
         f.histogram("dynamo_work_handler_time_to_first_response_seconds", {}, st.first_response)
 
     def _extras(self, f: _Families) -> None:
-        s = self.source
-        st = s.endpoint.stats
+        s = self.stats
+        st = s.endpoint
         ep = self._endpoint_labels()
         f.value("dynamo_lite_requests_rejected_total", ep, st.rejected)
         f.value("dynamo_lite_request_errors_total", ep, st.errors)
         f.value("dynamo_lite_aborts_total", ep, st.aborts)
         f.value("dynamo_lite_stream_dropped_chunks_total", ep, st.dropped_chunks)
         f.value("dynamo_lite_streams_cut_total", ep, st.cut)
-        monitor = s.monitor
-        f.value("dynamo_lite_stalled_requests", ep, monitor.stalled if monitor else 0)
-        if monitor is not None and monitor.canary_active:
-            for result, n in monitor.probes.items():
+        f.value("dynamo_lite_stalled_requests", ep, s.stalled())
+        if s.probes is not None:
+            for result, n in s.probes.items():
                 f.value("dynamo_lite_health_check_probes_total", {**ep, "result": result}, n)
         wid = {WID: ep[WID]}
-        f.value("dynamo_lite_ready", wid, 1 if s.health.ready else 0)
-        f.value("dynamo_lite_lease_renewals_total", wid, s.lease_renewals)
+        f.value("dynamo_lite_ready", wid, 1 if s.ready() else 0)
+        f.value("dynamo_lite_lease_renewals_total", wid, s.lease_renewals())
         f.value("dynamo_lite_lease_losses_total", wid, s.lease_losses)
         f.value("dynamo_lite_lease_recoveries_total", wid, s.lease_recoveries)
 

@@ -1,19 +1,27 @@
-"""Per-request statistics: plain counters and cheap histograms, no dependencies.
+"""Worker statistics: plain counters, cheap histograms and the worker's stats object.
 
 The request path only touches what is here: :class:`EndpointStats` counters
 (integer adds) and :class:`Histogram` observations (one bisect, two adds).
-:mod:`dynamo_lite.metrics` reads them at scrape time and is the only module
-that talks to prometheus_client; the stall detector reads
-:class:`RequestProgress`. A leaf module: it imports nothing from the package,
-so nothing on the request path depends on the metrics exporter.
+:class:`WorkerStats` is everything ``/metrics`` reports about one worker:
+the worker owns it and writes each value where it changes (the instance id
+once discovery grants it, the lifecycle timings once each, the lease
+counters when liveness is lost or restored); values that change all the
+time stay where they are kept (the endpoint's :class:`EndpointStats`, the
+health status, the canary's verdicts) and are reached through references
+and callables read at scrape time, so nothing is copied per request.
+:mod:`dynamo_lite.metrics` renders a :class:`WorkerStats` and nothing else,
+and is the only module that talks to prometheus_client; the stall detector
+reads :class:`RequestProgress`. A leaf module: it imports nothing from the
+package, so nothing on the request path depends on the metrics exporter.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "FIRST_RESPONSE_BUCKETS",
@@ -22,7 +30,9 @@ __all__ = [
     "REQUEST_DURATION_BUCKETS",
     "EndpointStats",
     "Histogram",
+    "QueueGauges",
     "RequestProgress",
+    "WorkerStats",
 ]
 
 REQUEST_DURATION_BUCKETS = (
@@ -114,3 +124,74 @@ class RequestProgress(Protocol):
     @property
     def chunks(self) -> int:
         """Chunks yielded so far; -1 before the engine's stream started."""
+
+
+class QueueGauges(Protocol):
+    """The engine request limit's queue (:class:`dynamo_lite.admission.EngineGate`)."""
+
+    @property
+    def queue_depth(self) -> int: ...
+    @property
+    def queue_capacity(self) -> int: ...
+
+
+def _zero() -> int:
+    return 0
+
+
+def _not_ready() -> bool:
+    return False
+
+
+@dataclass
+class WorkerStats:
+    """What ``/metrics`` reports about one worker; see the module docstring.
+
+    Plain fields are written by the worker when the value changes; the
+    ``Callable`` fields and the shared objects are views onto live state,
+    read at scrape time only.
+    """
+
+    # --- labels ---
+    namespace: str
+    component: str
+    #: The endpoint's name (the ``dynamo_endpoint`` label).
+    endpoint_name: str
+    #: ``WorkerConfig.metrics_labels``: extra labels for every series.
+    metrics_labels: Sequence[tuple[str, str]] = ()
+    #: Set once discovery granted it (the ``worker_id`` label); None before.
+    instance_id: int | None = None
+    #: The served model name, set once ``start()`` returned; None before.
+    model: str | None = None
+
+    # --- the request path's counters (the endpoint's own object, not a copy) ---
+    endpoint: EndpointStats = field(default_factory=EndpointStats)
+    #: At most this many requests in flight (``DYN_LITE_MAX_INFLIGHT``).
+    pool_capacity: int = 10_000
+    #: The engine request limit's queue; None: no limit configured yet.
+    queue: QueueGauges | None = None
+
+    # --- lifecycle, written once each by the worker ---
+    #: ``time.monotonic()`` when the worker came up (uptime counts from here).
+    started: float = field(default_factory=time.monotonic)
+    model_load_seconds: float = 0.0
+    drain_seconds: float = 0.0
+    cleanup_seconds: float = 0.0
+
+    # --- discovery liveness ---
+    lease_losses: int = 0
+    lease_recoveries: int = 0
+    #: Keepalives that succeeded (counted by the discovery store).
+    lease_renewals: Callable[[], int] = _zero
+
+    # --- views onto state kept elsewhere ---
+    #: Whether ``/health`` answers 200 (the system server's health status).
+    ready: Callable[[], bool] = _not_ready
+    #: KV events lost to a full queue or a slow event plane.
+    kv_dropped_events: Callable[[], int] = _zero
+    #: In-flight requests the stall detector considers stalled.
+    stalled: Callable[[], int] = _zero
+    #: The canary's verdict counts while it is on; None when it is off.
+    probes: Mapping[str, int] | None = None
+    #: The latest snapshot per dp rank, when the engine declared ranks.
+    ranks: Mapping[int, Any] = field(default_factory=dict)

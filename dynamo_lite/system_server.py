@@ -1,4 +1,6 @@
-"""The worker's system status server: ``/health``, ``/live``, ``/metrics`` and friends.
+"""Status server: HealthStatus, what /health serves (set by canary.py, which sends health_check.py).
+
+The worker's system status server: ``/health``, ``/live``, ``/metrics`` and friends.
 
 Enabled by ``DYN_SYSTEM_PORT`` (unset → off, ``0`` → any free port) on
 ``DYN_SYSTEM_HOST``, as in stock. HTTP/1.1 is parsed by ``h11`` (sans-IO);
@@ -13,8 +15,10 @@ this module only routes. Bodies and status codes copy the stock worker:
   rendered by :mod:`dynamo_lite.metrics` on every scrape);
 * anything unknown gets 404 ``Route not found``.
 
-Readiness lives in :class:`Health`: the worker flips endpoints ready when
-they are registered and not-ready from the first moment of shutdown.
+Readiness lives in :class:`HealthStatus`: the worker flips endpoints ready when
+they are registered and not-ready from the first moment of shutdown; the
+canary (:mod:`dynamo_lite.canary`, sending the :mod:`dynamo_lite.health_check`
+payload) and the stall detector change it while the worker serves.
 
 Ownership: :meth:`SystemServer.start` binds the listener; :meth:`SystemServer.serve`
 accepts until cancelled, each connection a task of the task group it runs,
@@ -59,8 +63,9 @@ BodyHandler = Callable[[str, str, bytes], Awaitable[Response]]
 MAX_BODY = 2 * 1024 * 1024
 
 
-class Health:
-    """Readiness as the stock runtime reports it, plus dynamo_lite's vetoes.
+class HealthStatus:
+    """The served status behind ``/health`` and ``/live``: readiness as the stock
+    runtime reports it, plus dynamo_lite's vetoes.
 
     An endpoint's own status is set by the worker (ready once registered,
     not ready from the first moment of shutdown) and by the canary. A veto
@@ -123,7 +128,7 @@ class Health:
 
 class SystemServer:
     def __init__(
-        self, host: str, port: int, health: Health, env: Mapping[str, str] | None = None
+        self, host: str, port: int, health: HealthStatus, env: Mapping[str, str] | None = None
     ) -> None:
         env = os.environ if env is None else env
         self.host = host

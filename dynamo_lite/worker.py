@@ -23,6 +23,7 @@ import anyio.abc
 from . import endpoint_client, model_cards
 from .admission import EngineGate
 from .canary import HealthMonitor, HealthSettings, resolve_payload
+from .card import served_model_name
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .endpoint import Endpoint
@@ -49,7 +50,8 @@ from .metrics import WorkerMetrics
 from .netaddr import bind_and_advertise
 from .registration import Registration, build_model_card
 from .signals import Watchdog, captured_signals
-from .system_server import Health, SystemServer
+from .stats import WorkerStats
+from .system_server import HealthStatus, SystemServer
 from .tasks import Service, start_service
 from .transport.nats_plane import NatsError
 from .transport.planes import RequestPlane, TcpPlane, open_plane
@@ -65,10 +67,6 @@ TEARDOWN_JOIN_BOUND = 2.0
 QUIESCENT_POLL = 0.5
 
 
-#: What ``on_endpoint_ready`` receives (dynamo_lite/engine_routes.py).
-EndpointHandle = ServingEndpoint
-
-
 class _SnapshotPublisher:
     """Receives per-rank snapshots; the latest one per rank is kept for /metrics."""
 
@@ -80,6 +78,25 @@ class _SnapshotPublisher:
         self.latest[rank] = snapshot
         if self._forward is not None:
             self._forward(rank, snapshot)
+
+
+def _worker_stats(config: WorkerConfig, endpoint: Endpoint, health: HealthStatus) -> WorkerStats:
+    """The worker's stats: its labels, the endpoint's counters, the health status's view."""
+    return WorkerStats(
+        namespace=config.namespace,
+        component=config.component,
+        endpoint_name=config.endpoint,
+        metrics_labels=config.metrics_labels,
+        endpoint=endpoint.stats,
+        pool_capacity=endpoint.max_inflight,
+        started=health.started,
+        ready=lambda: health.ready,
+    )
+
+
+def _renewals_of(store: KvStore) -> Callable[[], int]:
+    """The store's keepalive count (only lease-based stores keep one)."""
+    return lambda: int(getattr(store, "renewals", 0) or 0)
 
 
 def _as_engine_config(value: Any) -> EngineConfig:
@@ -139,17 +156,16 @@ class Worker:
         self.engine_config: EngineConfig | None = None
         #: The card and the instance record in discovery (dynamo_lite/registration.py).
         self.registration: Registration | None = None
-        self.health = Health()
+        self.health = HealthStatus()
         self.system_server: SystemServer | None = None
-        self.timings: dict[str, float] = {}
-        self.lease_recoveries = 0
-        self.lease_losses = 0
         #: The latest per-rank snapshots, when the engine declared dp ranks.
         self.snapshots: _SnapshotPublisher | None = None
         self.health_settings = HealthSettings.from_env()
         #: Canary and stall detector; created at registration.
         self.monitor: HealthMonitor | None = None
-        self.metrics = WorkerMetrics(self)
+        #: What /metrics reports; written below where each value changes.
+        self.stats = _worker_stats(config, self.endpoint, self.health)
+        self.metrics = WorkerMetrics(self.stats)
         #: The run's exit status once it ended (a cancelled run that stopped in
         #: order reports the lifecycle's); None while it runs.
         self.exit_status: int | None = None
@@ -175,10 +191,6 @@ class Worker:
     def advertised(self) -> tuple[str, int] | None:
         """Where the TCP plane tells the frontend to connect (None on NATS or before binding)."""
         return self.plane.advertised if isinstance(self.plane, TcpPlane) else None
-
-    @property
-    def lease_renewals(self) -> int:
-        return int(getattr(self._store, "renewals", 0) or 0)
 
     @property
     def store(self) -> KvStore:
@@ -327,12 +339,13 @@ class Worker:
             self.engine_config = _as_engine_config(await self.engine.start(self.instance_id))
         except Exception as exc:
             return await self._fail(EngineStartFailed(f"{type(exc).__name__}: {exc}"))
-        self.timings["model_load"] = time.monotonic() - t0
+        self.stats.model_load_seconds = time.monotonic() - t0
+        self.stats.model = served_model_name(self.config, self.engine_config)
         if not lc.shutdown_requested:
             lc.handle(
                 Reason.STARTED,
                 model=self.engine_config.model,
-                model_load_time_seconds=round(self.timings["model_load"], 6),
+                model_load_time_seconds=round(self.stats.model_load_seconds, 6),
             )
             try:
                 await self._register()
@@ -377,12 +390,12 @@ class Worker:
 
     # --- discovery liveness ------------------------------------------------------
     async def _on_lease_lost(self, reason: str) -> None:
-        self.lease_losses += 1
+        self.stats.lease_losses += 1
         logger.error("discovery liveness lost (%s); shutting down", reason)
         self.request_shutdown(Reason.LEASE_LOST)
 
     async def _on_lease_recovered(self, reason: str) -> None:
-        self.lease_recoveries += 1
+        self.stats.lease_recoveries += 1
         logger.warning("discovery liveness restored (%s); still serving", reason)
 
     # --- startup ---------------------------------------------------------------
@@ -412,6 +425,8 @@ class Worker:
             self.endpoint.max_inflight = s.max_inflight
             self.endpoint.engine_gate = EngineGate.from_env()
             self.endpoint.write_stall_timeout = s.write_stall_timeout
+            self.stats.pool_capacity = self.endpoint.max_inflight
+            self.stats.queue = self.endpoint.engine_gate
             # As stock: bound to, and advertised as, the chosen address.
             bind, advertised = bind_and_advertise(s.tcp_host, "DYN_TCP_RPC_HOST")
             self.plane = open_plane(
@@ -429,7 +444,8 @@ class Worker:
             await self.plane.start(tg)
             self.store.on_lost = self._on_lease_lost
             self.store.on_recovered = self._on_lease_recovered
-            self.instance_id = await self.store.open()
+            self.instance_id = self.stats.instance_id = await self.store.open()
+            self.stats.lease_renewals = _renewals_of(self.store)
             await self._start_service("discovery keepalive", self.store.keep_alive)
         except (DiscoveryError, NatsError, OSError) as exc:
             raise DiscoveryUnreachable(str(exc)) from exc
@@ -472,11 +488,13 @@ class Worker:
         await engine.register_prometheus(self.metrics.engine_metrics())
         ranks = list(engine.component_metrics_dp_ranks())
         self.kv = await start_publishing(self, ranks)
+        self.stats.kv_dropped_events = self.kv.dropped_events
         if self.kv.active_channel is not None:
             self.endpoint.on_first_output = self.kv.first_output
         # As stock: with KV routing off there is no snapshot publisher either.
         if ranks and cfg.enable_kv_routing:
             self.snapshots = _SnapshotPublisher(ranks, self.kv.on_snapshot)
+            self.stats.ranks = self.snapshots.latest
             engine.attach_snapshot_publisher(self.snapshots)
         card = await build_model_card(
             cfg,
@@ -504,9 +522,11 @@ class Worker:
         if self.system_server is not None:
             self.system_server.route_body("/engine/", self.engine_routes.handle)
         payload = await resolve_payload(engine, cfg)
-        self.monitor = HealthMonitor(
+        self.monitor = monitor = HealthMonitor(
             engine, self.endpoint, self.health, self.health_settings, payload
         )
+        self.stats.stalled = lambda: monitor.stalled
+        self.stats.probes = monitor.probes if monitor.canary_active else None
         # Open the endpoint before advertising it so the first request finds it.
         self.endpoint.accepting = True
         assert self.plane is not None and self._tg is not None
@@ -544,7 +564,7 @@ class Worker:
                 await self._grace()
             elif state is State.DRAINING:
                 reason = await self._drain_or_cut()
-                lc.handle(reason, drain_time_seconds=round(self.timings["drain"], 6))
+                lc.handle(reason, drain_time_seconds=round(self.stats.drain_seconds, 6))
             elif state is State.FAILED:
                 lc.handle(self.failure.reason if self.failure else Reason.SETUP_FAILED)
             elif state is State.CLEANING:
@@ -579,7 +599,7 @@ class Worker:
             await self.plane.stop_accepting()
         t0 = time.monotonic()
         reason = await self._drain()
-        self.timings["drain"] = time.monotonic() - t0
+        self.stats.drain_seconds = time.monotonic() - t0
         if reason is not Reason.DRAINED:
             # Streams the drain could not finish end now, with an explicit error
             # item, before cleanup() takes the engine away from under them.
@@ -673,7 +693,7 @@ class Worker:
         except Exception as exc:
             logger.error("engine cleanup failed error=%s: %s", type(exc).__name__, exc)
             reason = Reason.CLEANUP_FAILED
-        self.timings["cleanup"] = time.monotonic() - t0
+        self.stats.cleanup_seconds = time.monotonic() - t0
         return reason
 
     async def _teardown(self) -> None:

@@ -26,7 +26,7 @@ from dynamo_lite.health_check import (
     parse_health_check_payload_cli,
 )
 from dynamo_lite.stats import EndpointStats
-from dynamo_lite.system_server import Health
+from dynamo_lite.system_server import HealthStatus
 
 pytestmark = pytest.mark.anyio
 
@@ -210,7 +210,7 @@ class ProbeEngine:
 
 def monitor(engine: ProbeEngine, timeout: float = 0.2) -> HealthMonitor:
     endpoint = SimpleNamespace(name="generate", raw=False, stats=EndpointStats(), requests={})
-    health = Health({})
+    health = HealthStatus({})
     health.serving = True
     return HealthMonitor(
         engine,  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from dynamo_lite.discovery import keys as dkeys
 from dynamo_lite.discovery.memory import MemoryStore
 from dynamo_lite.engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
 from dynamo_lite.registration import Registration
-from dynamo_lite.system_server import Health, SystemServer
+from dynamo_lite.system_server import HealthStatus, SystemServer
 
 pytestmark = pytest.mark.anyio
 
@@ -75,7 +75,7 @@ class FakeWorker:
     """The slice of :class:`dynamo_lite.worker.Worker` the routes read."""
 
     store: MemoryStore
-    health: Health = field(default_factory=lambda: Health({}))
+    health: HealthStatus = field(default_factory=lambda: HealthStatus({}))
     config: WorkerConfig = field(default_factory=lambda: WorkerConfig(namespace="dynamo"))
     endpoint_id: EndpointId = ENDPOINT
     instance_id: int | None = 7

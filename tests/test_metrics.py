@@ -7,7 +7,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -34,8 +33,8 @@ from dynamo_lite.metrics import (
     register_engine_registry,
     register_global_registry,
 )
-from dynamo_lite.stats import REQUEST_DURATION_BUCKETS, EndpointStats, Histogram
-from dynamo_lite.system_server import Health
+from dynamo_lite.stats import REQUEST_DURATION_BUCKETS, Histogram, WorkerStats
+from dynamo_lite.system_server import HealthStatus
 from dynamo_lite.tiny_model import write_tiny_model
 
 
@@ -77,39 +76,24 @@ def test_histogram_buckets_are_inclusive_and_cumulative() -> None:
 # --- collector ------------------------------------------------------------------------
 
 
-def fake_source(**overrides: Any) -> SimpleNamespace:
-    source = SimpleNamespace(
-        config=WorkerConfig(namespace="ns", component="comp", model_name="/models/m"),
-        endpoint=SimpleNamespace(stats=EndpointStats(), max_inflight=10_000, requests={}),
-        health=Health({}),
-        instance_id=None,
-        engine_config=None,
-        timings={},
-        lease_recoveries=0,
-        lease_losses=0,
-        lease_renewals=0,
-        snapshots=None,
-        monitor=None,
-    )
-    for key, value in overrides.items():
-        setattr(source, key, value)
-    return source
+def worker_stats(**overrides: Any) -> WorkerStats:
+    return WorkerStats(namespace="ns", component="comp", endpoint_name="generate", **overrides)
 
 
 def test_only_process_families_before_the_instance_id_is_known() -> None:
-    m = WorkerMetrics(fake_source())  # type: ignore[arg-type]
+    m = WorkerMetrics(worker_stats())
     names = {fam.name for fam in text_string_to_metric_families(m.render().decode())}
     assert names
     assert all(n.startswith(("dynamo_work_handler_", "dynamo_engine", "dynamo_re")) for n in names)
 
 
 def test_lifecycle_and_rank_gauges_follow_the_worker_state() -> None:
-    publisher = SimpleNamespace(latest={0: None, 1: None})
-    source = fake_source(instance_id=0xABC, snapshots=publisher)
-    m = WorkerMetrics(source)  # type: ignore[arg-type]
+    ranks: dict[int, Any] = {0: None, 1: None}
+    stats = worker_stats(instance_id=0xABC, ranks=ranks)
+    m = WorkerMetrics(stats)
     assert by_name(m.render(), "dynamo_component_model_load_time_seconds") == []
-    source.engine_config = EngineConfig(model="/models/m", served_model_name="served")
-    source.timings["model_load"] = 1.5
+    stats.model = "served"
+    stats.model_load_seconds = 1.5
     text = m.render()
     ((labels, load),) = by_name(text, "dynamo_component_model_load_time_seconds")
     assert load == 1.5
@@ -128,11 +112,11 @@ def test_lifecycle_and_rank_gauges_follow_the_worker_state() -> None:
         "1",
     ]
     assert by_name(text, "dynamo_component_kv_cache_hit_rate") == []
-    publisher.latest[0] = ComponentSnapshot(
+    ranks[0] = ComponentSnapshot(
         kv_used_blocks=1, kv_total_blocks=64, gpu_cache_usage=0.5, dp_rank=0, kv_cache_hit_rate=0.0
     )
-    publisher.latest[1] = {"kv_total_blocks": 32, "gpu_cache_usage": 0.1}
-    source.timings.update(drain=0.25, cleanup=0.75)
+    ranks[1] = {"kv_total_blocks": 32, "gpu_cache_usage": 0.1}
+    stats.drain_seconds, stats.cleanup_seconds = 0.25, 0.75
     text = m.render()
     blocks = {lab["dp_rank"]: v for lab, v in by_name(text, "dynamo_component_total_blocks")}
     assert blocks == {"0": 64, "1": 32}
@@ -145,14 +129,8 @@ def test_lifecycle_and_rank_gauges_follow_the_worker_state() -> None:
 def test_metrics_labels_go_on_every_series_without_replacing_ours(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config = WorkerConfig(
-        namespace="ns",
-        component="comp",
-        model_name="m",
-        metrics_labels=[("zone", "eu"), ("model", "from-labels"), ("le", "x")],
-    )
-    source = fake_source(config=config, instance_id=1, engine_config=EngineConfig(model="m"))
-    m = WorkerMetrics(source)  # type: ignore[arg-type]
+    labels = [("zone", "eu"), ("model", "from-labels"), ("le", "x")]
+    m = WorkerMetrics(worker_stats(metrics_labels=labels, instance_id=1, model="m"))
     assert "reserved" in caplog.text
     fams = list(text_string_to_metric_families(m.render().decode()))
     assert fams
@@ -169,13 +147,13 @@ def test_metrics_labels_go_on_every_series_without_replacing_ours(
 
 
 def test_counters_come_from_endpoint_stats() -> None:
-    source = fake_source(instance_id=1)
-    st = source.endpoint.stats
+    stats = worker_stats(instance_id=1)
+    st = stats.endpoint
     st.requests, st.request_bytes, st.response_bytes, st.cancelled = 4, 400, 900, 1
     st.rejected, st.overloaded, st.errors, st.aborts, st.cut, st.dropped_chunks = 3, 2, 1, 1, 1, 5
     st.inflight = 2
     st.duration.observe(0.2)
-    m = WorkerMetrics(source)  # type: ignore[arg-type]
+    m = WorkerMetrics(stats)
     got = {name: v for (name, _), v in samples(m.render()).items()}
     assert got["dynamo_component_requests_total"] == 4
     assert got["dynamo_component_request_bytes_total"] == 400
@@ -191,12 +169,43 @@ def test_counters_come_from_endpoint_stats() -> None:
     assert got["dynamo_work_handler_queue_capacity"] == 40_000
 
 
+def test_views_onto_live_state_are_read_at_scrape_time() -> None:
+    state = {"ready": False, "stalled": 0, "renewals": 0, "dropped": 0}
+    probes = {"ok": 0, "error": 0, "empty": 0, "timeout": 0}
+    stats = worker_stats(
+        instance_id=1,
+        ready=lambda: state["ready"],
+        stalled=lambda: state["stalled"],
+        lease_renewals=lambda: state["renewals"],
+        kv_dropped_events=lambda: state["dropped"],
+    )
+    m = WorkerMetrics(stats)
+    text = m.render()
+    assert by_name(text, "dynamo_lite_ready")[0][1] == 0
+    assert by_name(text, "dynamo_lite_health_check_probes_total") == []  # canary off
+    state.update(ready=True, stalled=2, renewals=7, dropped=3)
+    stats.probes = probes
+    probes["timeout"] += 1
+    stats.lease_losses, stats.lease_recoveries = 1, 2
+    got = {name: v for (name, _), v in samples(m.render()).items()}
+    assert got["dynamo_lite_ready"] == 1
+    assert got["dynamo_lite_stalled_requests"] == 2
+    assert got["dynamo_lite_lease_renewals_total"] == 7
+    assert got["dynamo_lite_lease_losses_total"] == 1
+    assert got["dynamo_lite_lease_recoveries_total"] == 2
+    assert got["dynamo_component_kv_publisher_engines_dropped_events_total"] == 3
+    verdicts = {
+        labels["result"]: v
+        for labels, v in by_name(m.render(), "dynamo_lite_health_check_probes_total")
+    }
+    assert verdicts == {"ok": 0, "error": 0, "empty": 0, "timeout": 1}
+
+
 # --- engine registries ------------------------------------------------------------------
 
 
 def test_engine_registry_is_appended_with_auto_labels() -> None:
-    source = fake_source(instance_id=0x1F, engine_config=EngineConfig(model="m"))
-    m = WorkerMetrics(source)  # type: ignore[arg-type]
+    m = WorkerMetrics(worker_stats(instance_id=0x1F, model="m"))
     handle = m.engine_metrics()
     assert handle.auto_labels["worker_id"] == "1f"
     registry = CollectorRegistry()
@@ -258,7 +267,7 @@ def test_system_port_accepts_every_valid_port(raw: str | None, port: int | None)
 
 
 def test_health_readiness_model() -> None:
-    h = Health({})
+    h = HealthStatus({})
     assert not h.ready and h.body()["endpoints"] == {}
     h.set_endpoint("generate", True)
     h.serving = True
@@ -275,11 +284,11 @@ def test_health_readiness_model() -> None:
     h.lift("global")
     h.shutting_down = True
     assert not h.ready
-    listed = Health({"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": '["generate"]'})
+    listed = HealthStatus({"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": '["generate"]'})
     assert listed.body()["endpoints"] == {"generate": "notready"}
     listed.set_endpoint("generate", True)
     assert listed.ready
-    starting = Health({"DYN_SYSTEM_STARTING_HEALTH_STATUS": "ready"})
+    starting = HealthStatus({"DYN_SYSTEM_STARTING_HEALTH_STATUS": "ready"})
     assert starting.ready
 
 
@@ -324,6 +333,13 @@ async def test_worker_sets_the_shutdown_gauges(tmp_path: Path) -> None:
         await stream.collect()
     text = worker.metrics.render()
     assert by_name(text, "dynamo_component_requests_total")[0][1] == 1
+    ((labels, _),) = by_name(text, "dynamo_component_model_load_time_seconds")
+    assert labels["model"] == str(model) and labels["worker_id"] == f"{worker.instance_id:x}"
+    assert by_name(text, "dynamo_work_handler_pool_capacity")[0][1] == 10_000
+    # Discovery's recovery hook is where the worker counts a recovery.
+    assert worker.store.on_recovered is not None
+    await worker.store.on_recovered("keepalive resumed")
+    assert by_name(worker.metrics.render(), "dynamo_lite_lease_recoveries_total")[0][1] == 1
     assert by_name(text, "dynamo_component_cleanup_time_seconds")[0][1] == 0
     worker.request_shutdown()
     assert await asyncio.wait_for(task, 20) == 0

@@ -1,5 +1,7 @@
 """The call-home connection: one TCP connection per request, worker → frontend.
 
+:class:`ResponseSender` is the worker's end: it writes the response frames
+(the client that reads them is :class:`dynamo_lite.client.ResponseStream`).
 The worker dials the address in the request's control message, sends the
 handshake and prologue, then one data-only frame per item, then
 ``complete_final`` and the sentinel, and waits for the frontend to close
@@ -32,8 +34,8 @@ Connector = Callable[
 ]
 
 
-class ResponseStream(asyncio.Protocol):
-    """The worker end of one response stream."""
+class ResponseSender(asyncio.Protocol):
+    """The worker end of one response stream: writes its frames, hears kill/stop and the close."""
 
     __slots__ = (
         "_closed",
@@ -170,13 +172,13 @@ async def open_stream(
     timeout: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
     connect: Connector | None = None,
-) -> ResponseStream:
+) -> ResponseSender:
     """Dial the frontend and send the handshake and the OK prologue."""
     host, port = address
     async with asyncio.timeout(timeout):
         if connect is None:
             _transport, stream = await asyncio.get_running_loop().create_connection(
-                lambda: ResponseStream(on_cancel),
+                lambda: ResponseSender(on_cancel),
                 host,
                 port,
                 ssl=ssl_context,
@@ -184,7 +186,7 @@ async def open_stream(
             )
         else:
             _transport, stream = await connect(
-                lambda: ResponseStream(on_cancel), host, port, ssl_context
+                lambda: ResponseSender(on_cancel), host, port, ssl_context
             )
     stream.write(control.handshake_frame(subject) + control.PROLOGUE_OK_FRAME)
     return stream

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dynamo_lite.protocol import control, twopart
-from dynamo_lite.transport.response_stream import ResponseStream, open_stream
+from dynamo_lite.transport.response_stream import ResponseSender, open_stream
 from tests.support.memory_transport import MemoryConnector, Peer, connect
 from tests.support.wire import vector
 
@@ -18,9 +18,9 @@ HANG = 5.0
 SUBJECT = "0b6b8180-42d2-48b1-b647-c78c94203c94"  # as in stock_frame_handshake.bin
 
 
-def stream(high_water: int = 64 * 1024) -> tuple[ResponseStream, Peer, list[str]]:
+def stream(high_water: int = 64 * 1024) -> tuple[ResponseSender, Peer, list[str]]:
     signals: list[str] = []
-    rs = ResponseStream(signals.append)
+    rs = ResponseSender(signals.append)
     peer = connect(rs, high_water=high_water)
     return rs, peer, signals
 

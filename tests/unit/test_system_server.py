@@ -18,7 +18,7 @@ import anyio.abc
 import h11
 import pytest
 
-from dynamo_lite.system_server import Health, Response, SystemServer
+from dynamo_lite.system_server import HealthStatus, Response, SystemServer
 from tests.support.memory_transport import MemoryByteStream, byte_stream_pair
 
 pytestmark = pytest.mark.anyio
@@ -93,7 +93,7 @@ async def connection(
 
 def make(env: dict[str, str] | None = None) -> SystemServer:
     env = env or {}
-    return SystemServer("127.0.0.1", 0, Health(env), env)
+    return SystemServer("127.0.0.1", 0, HealthStatus(env), env)
 
 
 async def test_health_before_and_after_registration() -> None:
@@ -246,7 +246,7 @@ async def test_garbage_request_ends_the_handler() -> None:
 
 
 def test_health_vetoes() -> None:
-    health = Health({})
+    health = HealthStatus({})
     health.serving = True
     health.set_endpoint("generate", True)
     assert health.ready
@@ -263,7 +263,7 @@ def test_health_vetoes() -> None:
 
 def test_use_endpoint_health_status() -> None:
     env: dict[str, Any] = {"DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": '["generate"]'}
-    health = Health(env)
+    health = HealthStatus(env)
     assert health.body()["endpoints"] == {"generate": "notready"} and not health.ready
     health.set_endpoint("generate", True)
     assert health.ready

@@ -16,7 +16,7 @@ import pytest
 from bench import runner
 from bench.items import ITEMS, NAMES
 from bench.results import Results, load
-from bench.settings import Layout, from_args, parser
+from bench.settings import Layout, Settings, from_args, parser
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "bench"
 FILES = sorted(VECTORS.glob("*.json"))
@@ -54,7 +54,9 @@ def test_items_in_table_order_each_with_its_definition() -> None:
     lifecycle = [i.name for i in ITEMS if i.in_lifecycle]
     assert lifecycle == ["P4", "P5", "P6"]
     assert [i.name for i in ITEMS if i.ends_worker] == ["P5"]
-    steady = sorted((i for i in ITEMS if i.steady_order is not None), key=lambda i: i.steady_order)
+    steady = sorted(
+        (i for i in ITEMS if i.steady_order is not None), key=lambda i: i.steady_order or 0
+    )
     assert [i.name for i in steady] == ["P1", "P3", "P2"]  # the order inside each round
 
 
@@ -99,7 +101,7 @@ def test_layout_of_an_old_file_lists_the_variants_in_table_order() -> None:
     assert lay.concurrencies == (1, 8, 32, 128)
 
 
-def _settings(tmp_path: Path, *args: str) -> runner.Settings:
+def _settings(tmp_path: Path, *args: str) -> Settings:
     venv = tmp_path / "stock"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").touch()

@@ -1,9 +1,13 @@
 """bench/ as a package: the items, the command line, and the table rendered from a results file.
 
 No process is started. The vectors in tests/vectors/bench/ are results files
-together with the report the single-script bench/run.py printed for them; the
-package must render the same table and notes, apart from the two targets that
-changed on purpose (P4 ≤ 1.0x stock, P6 idle ≤ 0.4x stock).
+with the report the single-script bench/run.py rendered for them:
+results-p2p3.json is a real run's file (P2, P3, two variants); results-all.json
+is a real P1-P3 file with P4-P8 values added by hand (the README's latest full
+run's figures, a broken flavour, failed requests, a non-zero exit code, a P7
+flavour failing at the lowest level) so that every row and note is covered.
+The package must render the same table and notes, apart from the two targets
+that changed on purpose (P4 ≤ 1.0x stock, P6 idle ≤ 0.4x stock).
 """
 
 from __future__ import annotations

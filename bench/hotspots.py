@@ -28,8 +28,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-import run as bench
-from procs import LOOPBACK, Proc, install_cleanup, loopback_env, raise_fd_limit, stop_all
+if __package__ in (None, ""):
+    # Run as a script: make the ``bench`` package importable from the checkout.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import settings as bench
+from bench.items import NAMES
+from bench.procs import (
+    LOOPBACK,
+    Proc,
+    install_cleanup,
+    loopback_env,
+    raise_fd_limit,
+    stop_all,
+)
+from bench.workers import make_models, model_dir, session, start_loadgen
 
 
 def profile(
@@ -37,12 +50,12 @@ def profile(
 ) -> None:
     kind = s.kinds[1]
     prof = s.workdir / "worker.prof"
-    with bench.session(s, [s.kinds[0]], "hotspots", delay=0.0) as (fe, _, kv):
+    with session(s, [s.kinds[0]], "hotspots", delay=0.0) as (fe, _, root):
         assert fe is not None
         # The profiled worker joins the session's discovery root and frontend.
         argv = [
             str(kind.python), "-m", "cProfile", "-o", str(prof), str(s.lite_engine),
-            "--model-name", str(bench.model_dir(s, kind)), "--namespace", "dynamo",
+            "--model-name", str(model_dir(s, kind)), "--namespace", "dynamo",
             "--component", kind.component, "--discovery-backend", "file", "--delay", "0",
             *([] if kv else ["--disable-kv-routing"]),
         ]  # fmt: skip
@@ -50,14 +63,14 @@ def profile(
         home.mkdir(exist_ok=True)
         env = loopback_env(
             home,
-            DYN_FILE_KV=str(kv),
+            DYN_FILE_KV=str(root),
             DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS="0",
             PYTHONPATH=str(bench.REPO),
         )
         worker = Proc(argv, env, s.workdir / "logs" / "hotspots-profiled.log", name="lite")
-        fe.wait_model(str(bench.model_dir(s, kind)), alive=worker)
-        lg = bench.start_loadgen(s)
-        model = str(bench.model_dir(s, kind))
+        fe.wait_model(str(model_dir(s, kind)), alive=worker)
+        lg = start_loadgen(s)
+        model = str(model_dir(s, kind))
         out = lg.call(op="closed", host=LOOPBACK, port=fe.port, model=model,
                       concurrency=concurrency, tokens=tokens, warmup=0.5, duration=seconds,
                       pids={"worker": worker.pid})  # fmt: skip
@@ -143,11 +156,12 @@ def main() -> int:
             "--workdir", tempfile.mkdtemp(prefix="dynlite-hotspots-")]  # fmt: skip
     if a.stock_venv:
         argv += ["--stock-venv", a.stock_venv]
-    s = bench.settings(argv)
+    parser = bench.parser(None, NAMES)
+    s = bench.from_args(parser.parse_args(argv), parser, NAMES)
     install_cleanup()
     raise_fd_limit()
     try:
-        bench.make_models(s)
+        make_models(s)
         if not a.imports_only:
             profile(s, a.concurrency, a.tokens, a.seconds, a.top, kv=a.kv)
         imports(s, a.top)

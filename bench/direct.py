@@ -30,7 +30,8 @@ Open = Callable[[str, dict[str, Any]], Awaitable[AsyncIterator[Any]]]
 
 
 def _snapshot(pids: dict[str, int]) -> dict[str, float]:
-    return cpu_snapshot(pids, "client")
+    snapshot: dict[str, float] = cpu_snapshot(pids, "client")
+    return snapshot
 
 
 def request(tokens: int) -> dict[str, Any]:

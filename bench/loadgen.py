@@ -35,7 +35,8 @@ _TERMINATOR = b"\r\n0\r\n\r\n"
 
 
 def _snapshot(pids: dict[str, int]) -> dict[str, float]:
-    return cpu_snapshot(pids, "loadgen")
+    snapshot: dict[str, float] = cpu_snapshot(pids, "loadgen")
+    return snapshot
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -2,7 +2,7 @@
 
 Theory of operation (stock 1.6.1's ``DYN_ENGINE_REQUEST_LIMIT`` /
 ``DYN_DYNAMO_REQUEST_QUEUE_LIMIT``, observed side by side with the stock
-worker in ``tests/test_engine_request_limit.py``):
+worker in ``tests/interop/test_engine_request_limit.py``):
 
 * Unset (or ``0``): no limit; every admitted request goes straight to the engine.
 * ``DYN_ENGINE_REQUEST_LIMIT=N``: at most N requests are in the engine; the

@@ -1,7 +1,7 @@
 """When a request's context stops: the stream ends, ``engine.abort()`` runs once.
 
 Theory of operation (as the stock 1.6.1 worker behaves, checked side by side
-in ``tests/test_parity_open.py``):
+in ``tests/interop/test_parity_open.py``):
 
 * A stop from upstream (the frontend's ``kill``/``stop``, or the frontend
   vanishing) and the engine's own ``context.stop_generating()`` both end the

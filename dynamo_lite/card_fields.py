@@ -1,6 +1,6 @@
 """Optional model-card fields, written as the stock 1.6.1 worker writes them.
 
-Captured from stock cards (``tests/test_card_fields.py`` compares both
+Captured from stock cards (``tests/interop/test_card_fields.py`` compares both
 runtimes' cards for the same engine):
 
 * ``WorkerConfig.custom_jinja_template`` → a top-level ``chat_template_file``

@@ -1,6 +1,6 @@
 """``await endpoint.client()``: a client for the endpoint an engine serves, with stock's API.
 
-Stock's ``Client`` (checked side by side in ``tests/test_model_cards.py``):
+Stock's ``Client`` (checked side by side in ``tests/interop/test_model_cards.py``):
 ``instance_ids()`` (the last snapshot), ``await wait_for_instances()``,
 ``await generate(request)`` / ``round_robin`` / ``random`` /
 ``direct(request, instance_id)``, each an async iterator of the response

@@ -42,7 +42,7 @@ the client gets the status with its reason phrase (418 "I'm a teapot",
 ``backend_status``); otherwise the class decides (a generic 4xx is 400
 "Invalid request", 404 stays 404 "Resource not found", 429 stays 429). A
 408/504 (``ResponseTimeout``) quarantines the worker like ``EngineShutdown``.
-``tests/test_interop_errors.py`` holds the measured table.
+``tests/interop/test_interop_errors.py`` holds the measured table.
 
 ``message`` and ``diagnostic`` (and ``public``) are capped at 4096 UTF-8
 bytes: longer text is cut on a character boundary and ends with

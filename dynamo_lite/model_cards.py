@@ -4,7 +4,7 @@ Stock engines call ``dynamo.llm.register_model(…, endpoint, …, lora_name=…
 base_model_path=…)`` with the endpoint ``on_endpoint_ready`` gave them, and
 ``unregister_model(endpoint, lora_name=…)`` to withdraw it. The record stock
 writes (captured from the 1.6.1 worker, compared in
-``tests/test_model_cards.py``):
+``tests/interop/test_model_cards.py``):
 
 * key ``v1/mdc/<ns>/<component>/<endpoint>/<instance hex>/<lora name>``, the
   record the base card's plus ``"model_suffix": <lora name>``;

@@ -8,7 +8,7 @@ this function is bit-exact.
 
 The ``xxhash`` package is used when importable (a speed-up only); set
 ``DYN_LITE_PURE_XXH3=1`` to force the pure-Python code. Both give the same
-value (``tests/test_kv_codec.py`` compares them on random inputs).
+value (``tests/unit/test_kv_codec.py`` compares them on random inputs).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The advertised-address rule on fake interface tables (the real thing runs in
-namespaces in tests/test_multihost_addresses.py)."""
+namespaces in tests/interop/test_multihost_addresses.py)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from dynamo_lite import _pyblake3, checksum
 from tests.support.extras import require_module
 
 VECTORS = json.loads(
-    (Path(__file__).parent / "vectors" / "blake3_test_vectors.json").read_text("utf-8")
+    (Path(__file__).parents[1] / "vectors" / "blake3_test_vectors.json").read_text("utf-8")
 )
 KEY = VECTORS["key"].encode("ascii")
 CONTEXT = VECTORS["context_string"]

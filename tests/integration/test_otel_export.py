@@ -150,7 +150,7 @@ def test_engine_metrics_reach_the_otlp_endpoint(
     )
 
     port, handler = sink
-    engine = Path(__file__).parent / "engines" / "observability_engine.py"
+    engine = Path(__file__).parents[1] / "engines" / "observability_engine.py"
     env = worker_env(
         file_kv=tmp_path / "kv",
         OBS_ENGINE_METRICS="1",

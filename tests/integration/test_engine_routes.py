@@ -1,7 +1,7 @@
 """The engine admin routes (``dynamo_lite/engine_routes.py``), in process and over real HTTP.
 
 The answers were recorded from the stock 1.6.1 worker running the same engine;
-``tests/test_engine_routes_interop.py`` compares the two runtimes live.
+``tests/interop/test_engine_routes_interop.py`` compares the two runtimes live.
 """
 
 from __future__ import annotations

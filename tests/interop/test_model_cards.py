@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.lite import REPO, worker_env
 from tests.support.services import ManagedProcess
-from tests.test_engine_routes_interop import free_system_port
+from tests.interop.test_engine_routes_interop import free_system_port
 
 pytestmark = pytest.mark.interop
 

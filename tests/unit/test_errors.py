@@ -46,7 +46,7 @@ from dynamo_lite.stream import (
 )
 from tests.engines import faults
 
-VECTORS = Path(__file__).parent / "vectors" / "tcp"
+VECTORS = Path(__file__).parents[1] / "vectors" / "tcp"
 STOCK = json.loads((VECTORS / "stock_error_items.json").read_text())
 
 

@@ -47,7 +47,7 @@ from dynamo_lite.discovery import (
 from tests.support.ports import LOOPBACK, free_port
 from tests.support.services import EtcdServer, EtcdTls, make_test_pki
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IMPLS = ("gateway", "grpc")
 
 

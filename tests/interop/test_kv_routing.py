@@ -432,7 +432,7 @@ def test_sample_engine_publishes_what_the_stock_sample_publishes(
     port = int(channel["transport"]["config"]["endpoint"].rsplit(":", 1)[1])
     stock_first = next(
         kve.decode_envelope(bytes.fromhex(json.loads(line)["hex"])).value()[0]
-        for line in (Path(__file__).parent / "vectors/kv/nats_capture.jsonl")
+        for line in (Path(__file__).parents[1] / "vectors/kv/nats_capture.jsonl")
         .read_text()
         .splitlines()
         if json.loads(line)["subject"].endswith(".kv-events")

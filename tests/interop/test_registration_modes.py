@@ -30,7 +30,7 @@ from tests.support.lite import events_of, read_events, wait_until, worker_argv, 
 from tests.support.services import ManagedProcess
 from tests.support.stock import StockFrontend, loopback_env
 
-VECTORS = Path(__file__).parent / "vectors" / "discovery" / "stock_mdc_modes"
+VECTORS = Path(__file__).parents[1] / "vectors" / "discovery" / "stock_mdc_modes"
 FILE_FIELDS = ("model_info", "tokenizer", "prompt_formatter", "gen_config")
 
 #: case → (flags for the stock sample worker and our probe engine, mode, route_to_encoder)

@@ -20,7 +20,7 @@ from dynamo_lite.protocol import kv_events as kve
 from dynamo_lite.protocol import zmtp
 from dynamo_lite.protocol.errors import ProtocolError
 
-VECTORS = Path(__file__).parent / "vectors" / "kv"
+VECTORS = Path(__file__).parents[1] / "vectors" / "kv"
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 
 

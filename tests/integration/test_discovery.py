@@ -14,7 +14,7 @@ from dynamo_lite.discovery import EndpointId, EtcdStore, FileStore, MemoryStore,
 from dynamo_lite.discovery import file as file_mod
 from tests.support.services import EtcdServer
 
-VEC = Path(__file__).parent / "vectors" / "discovery"
+VEC = Path(__file__).parents[1] / "vectors" / "discovery"
 
 
 def test_file_names_match_the_stock_tree() -> None:

@@ -43,7 +43,7 @@ from tests.support.stock import loopback_env, stock_python, stock_venv_dir
 
 pytestmark = pytest.mark.interop
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (REPO / "compose.yaml").read_text()
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, Any] = COMPOSE["services"]

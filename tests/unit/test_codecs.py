@@ -16,7 +16,7 @@ from dynamo_lite.protocol import codec, control, items, twopart
 from dynamo_lite.protocol import request_plane as rp
 from dynamo_lite.protocol.errors import FrameTooLarge, MalformedFrame, ProtocolError
 
-VEC = Path(__file__).parent / "vectors" / "tcp"
+VEC = Path(__file__).parents[1] / "vectors" / "tcp"
 
 
 def vec(name: str) -> bytes:

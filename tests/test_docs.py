@@ -45,3 +45,18 @@ def test_reading_the_code_lists_existing_modules_in_order() -> None:
     assert len(paths) >= 10
     for path in paths:
         assert (REPO / path).is_file(), path
+
+
+def test_every_file_path_the_docs_name_exists() -> None:
+    """Docs and docstrings point readers at tests, modules and vectors by path."""
+    sources = [*REPO.glob("*.md"), *(REPO / "docs").glob("*.md"), *(REPO / "bench").glob("*.md")]
+    sources += [*(REPO / "dynamo_lite").rglob("*.py"), REPO / "compose.yaml"]
+    path = re.compile(
+        r"(?<![\w/])((?:tests|dynamo_lite|docs|bench|examples|scripts)/[\w./-]+\.(?:py|md|json))"
+    )
+    missing = set()
+    for source in sources:
+        for found in path.findall(source.read_text()):
+            if "*" not in found and not (REPO / found).exists():
+                missing.add(f"{source.relative_to(REPO)}: {found}")
+    assert not missing, sorted(missing)

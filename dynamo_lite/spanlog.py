@@ -15,8 +15,9 @@ level (INFO): ``SPAN_FIRST_ENTRY`` when the span is first entered and
 * ``engine.generate`` — the engine's stream, a child of ``handle_payload``.
   Fields ``disagg_role``, ``input_tokens``, ``model``, ``request_id``,
   ``parent_id``, ``x_request_id`` as above (raw engines: ``request_id``
-  only); a stream closed before its terminal chunk adds ``cancelled``
-  (``true``) and ``finish_reason`` (``Dropped``).
+  only); a stream closed before its terminal chunk was delivered (a
+  cancellation, even if the engine then yields a ``cancelled`` chunk; a
+  shutdown) adds ``cancelled`` (``true``) and ``finish_reason`` (``Dropped``).
 
 Every span record also has ``span_name``, ``span_id`` (16 hex digits) and
 ``trace_id`` (32 hex digits: the ``traceparent``'s, or a fresh one). All span
@@ -240,7 +241,14 @@ async def engine_generate(
             except Exception:
                 completed = True
                 raise
-            if not completed and type(chunk) is dict and chunk.get("finish_reason") is not None:
+            # A terminal chunk that arrives after a cancellation is not delivered
+            # (the endpoint has ended the stream): the stream was still dropped.
+            if (
+                not completed
+                and type(chunk) is dict
+                and chunk.get("finish_reason") is not None
+                and not ctx.is_stopped()
+            ):
                 completed = True
             yield chunk
     finally:

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -315,3 +315,29 @@ def test_no_span_events_unless_asked(
     asyncio.run(go())
     assert "SPAN_" not in buf.getvalue()
     assert "request_span" not in buf.getvalue()
+
+
+def test_span_of_a_failing_engine_closes_without_drop_fields(tmp_path: Path) -> None:
+    """Stock, side by side (an engine raising after its first chunk): the
+    ``engine.generate`` close has the entry fields only, no ``cancelled``."""
+    from dynamo_lite.client import RemoteError
+    from dynamo_lite.tiny_model import write_tiny_model
+    from tests.support.inproc import ScriptedEngine, running
+
+    async def boom(request: Any, ctx: Any) -> AsyncIterator[dict[str, Any]]:
+        yield {"token_ids": [1], "index": 0}
+        raise ValueError("boom in engine")
+
+    buf = io.StringIO()
+    configure_logging({"DYN_LOGGING_JSONL": "1", "DYN_LOGGING_SPAN_EVENTS": "1"}, buf)
+
+    async def go() -> None:
+        engine = ScriptedEngine({"boom": boom})
+        async with running(engine, write_tiny_model(tmp_path / "m")) as h:
+            with pytest.raises(RemoteError, match="boom in engine"):
+                await h.generate(model="m", mode="boom")
+
+    asyncio.run(go())
+    closed = [r for r in _span_records(buf.getvalue()) if r["message"] == "SPAN_CLOSED"]
+    assert [r["span_name"] for r in closed] == ["engine.generate", "handle_payload"]
+    assert "cancelled" not in closed[0] and "finish_reason" not in closed[0]

@@ -80,22 +80,24 @@ def _tracing_display(ns: int) -> str:
     return f"{t * 1000.0:.0f}s"
 
 
-_TO_MICROS = {"ns": 1 / 1000.0, "µs": 1.0, "ms": 1000.0, "s": 1_000_000.0}
-
-
 def span_micros(ns: int) -> int:
     """Whole microseconds as stock logs them (``time.busy_us``/``time.idle_us``)."""
     text = _tracing_display(ns)
-    unit = "µs" if text.endswith("µs") else "ns" if text.endswith("ns") else text[-2:]
-    if unit not in _TO_MICROS:
-        unit = "s"
+    unit = next(u for u in ("ns", "µs", "ms", "s") if text.endswith(u))
     value = float(text[: -len(unit)])
-    # Stock divides for ns and multiplies otherwise, then truncates: keep the same float ops.
-    return int(value / 1000.0) if unit == "ns" else int(value * _TO_MICROS[unit])
+    # Stock parses the display back and truncates; the same float operations give
+    # the same artefacts ("2.01ms" is 2009).
+    if unit == "ns":
+        return int(value / 1000.0)
+    return int(value * {"µs": 1.0, "ms": 1000.0, "s": 1_000_000.0}[unit])
+
+
+#: Span ids from a private generator: an engine seeding ``random`` must not repeat them.
+_rng = random.Random()
 
 
 def _hex_id(bits: int) -> str:
-    return f"{random.getrandbits(bits) or 1:0{bits // 4}x}"
+    return f"{_rng.getrandbits(bits) or 1:0{bits // 4}x}"
 
 
 class _Span:

@@ -256,6 +256,7 @@ ENV_VARS = frozenset(
         "DYN_LOG",
         "DYN_LOGGING_JSONL",
         "DYN_LOGGING_CONFIG_PATH",
+        "DYN_LOGGING_SPAN_EVENTS",
         "OTEL_EXPORT_ENABLED",
         "DYN_LOGGING_CONSOLE_FORMAT",
         "NATS_SERVER",

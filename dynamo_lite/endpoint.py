@@ -40,7 +40,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from . import telemetry
+from . import spanlog, telemetry
 from .admission import EngineGate
 from .cancellation import AbortGate, log_cancellation
 from .context import Context
@@ -149,6 +149,9 @@ class Endpoint:
         self.on_first_output: Callable[[str], None] | None = None
         #: How call-home connections are dialled (None: ``loop.create_connection``).
         self.connect: Connector | None = None
+        #: ``namespace``/``component``/``endpoint``/``instance_id`` of the
+        #: ``handle_payload`` span records (:mod:`dynamo_lite.spanlog`).
+        self.span_identity: dict[str, str] = {"endpoint": name}
 
     # --- admission (runs inside the socket callback) -------------------------
     def submit(self, payload: bytes, headers: dict[str, str]) -> str | None:
@@ -193,9 +196,10 @@ class Endpoint:
         self.requests[ctl.id] = req
         self.stats.requests += 1
         self.stats.request_bytes += len(payload)
-        req.task = self.tasks.spawn(
-            self._serve(req, address, ctl.info.subject, message.body), name=f"request-{ctl.id}"
-        )
+        serve = self._serve(req, address, ctl.info.subject, message.body)
+        if spanlog.enabled:
+            serve = spanlog.handle_payload(serve, ctx, self.span_identity)
+        req.task = self.tasks.spawn(serve, name=f"request-{ctl.id}")
         return None
 
     # --- per request ---------------------------------------------------------
@@ -333,6 +337,8 @@ class Endpoint:
             return
         if telemetry.active():
             agen = telemetry.traced(agen, request, ctx, raw=self.raw, role=self.disagg_role)
+        if spanlog.enabled:
+            agen = spanlog.engine_generate(agen, request, ctx, raw=self.raw, role=self.disagg_role)
         ctx.add_done_callback(lambda _ctx: self._on_context_stop(req))
         validator = req.validator = RawStreamValidator() if self.raw else StreamValidator()
         output_frame = items.output_frame

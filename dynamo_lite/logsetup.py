@@ -24,6 +24,11 @@ already uses structlog; otherwise it is never imported:
     ``INFO``/``DEBUG``/``TRACE``), ``file``, ``line``, ``target`` (the logger
     name), ``message``, then the record's fields sorted by name (``extra=``
     values, structlog key/values, ``exception`` with the traceback).
+``DYN_LOGGING_SPAN_EVENTS=1`` (with JSONL)
+    ``SPAN_FIRST_ENTRY`` / ``SPAN_CLOSED`` records for each request's
+    ``handle_payload`` and ``engine.generate`` spans (:mod:`dynamo_lite.spanlog`),
+    target ``request_span``, level INFO, whatever ``DYN_LOG`` says. Ignored in the
+    readable format, as in stock.
 ``DYN_LOG_USE_LOCAL_TZ=1``
     Local time with its UTC offset instead of UTC.
 ``DYN_LOGGING_CONFIG_PATH``
@@ -310,5 +315,15 @@ def configure_logging(env: Mapping[str, str] | None = None, stream: TextIO | Non
     # structlog only for that keeps a plain worker lighter.
     if jsonl or "structlog" in sys.modules:
         _route_structlog()
+    from . import spanlog
+
+    span_events = jsonl and _truthy(env.get("DYN_LOGGING_SPAN_EVENTS"))
+    if span_events:
+        # Stock lets its span records through whatever DYN_LOG says (even ``warn``).
+        span_logger = logging.getLogger(spanlog.TARGET)
+        if not span_logger.isEnabledFor(logging.INFO):
+            span_logger.setLevel(logging.INFO)
+            _configured.add(spanlog.TARGET)
+    spanlog.set_enabled(span_events)
     for directive in invalid:
         logging.getLogger(__name__).warning("DYN_LOG: ignoring invalid directive %r", directive)

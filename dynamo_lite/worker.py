@@ -527,6 +527,12 @@ class Worker:
         )
         self.stats.stalled = lambda: monitor.stalled
         self.stats.probes = monitor.probes if monitor.canary_active else None
+        self.endpoint.span_identity = {
+            "component": cfg.component,
+            "endpoint": cfg.endpoint,
+            "instance_id": str(self.instance_id),
+            "namespace": cfg.namespace,
+        }
         # Open the endpoint before advertising it so the first request finds it.
         self.endpoint.accepting = True
         assert self.plane is not None and self._tg is not None

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
+from dynamo_lite import spanlog
 from dynamo_lite.lifecycle import Lifecycle, Reason
 from dynamo_lite.logsetup import TRACE, configure_logging, parse_dyn_log
 
@@ -153,3 +156,188 @@ def test_logging_config_file_as_stock_reads_it(tmp_path: Path) -> None:
     configure_logging({"DYN_LOGGING_CONFIG_PATH": str(tmp_path / "absent.toml")}, io.StringIO())
     assert root.level == logging.INFO and worker.level == logging.NOTSET
     configure_logging({"DYN_LOG": "info"}, io.StringIO())
+
+
+# --- DYN_LOGGING_SPAN_EVENTS: span records against the stock capture -----------------------
+
+STOCK_SPANS = Path(__file__).parents[1] / "vectors" / "logging" / "stock_span_events.jsonl"
+TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def _span_records(text: str) -> list[dict[str, Any]]:
+    recs = [json.loads(x) for x in text.splitlines() if x.startswith("{")]
+    return [r for r in recs if r["message"] in ("SPAN_FIRST_ENTRY", "SPAN_CLOSED")]
+
+
+def _by_case(recs: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """One record per (case, span, message); the case is read off the handle_payload span:
+    ``plain`` (no traceparent), ``traced`` (traceparent + x-request-id), ``dropped``."""
+    dropped = {r["request_id"] for r in recs if r.get("finish_reason") == "Dropped"}
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for rec in recs:
+        case = (
+            "dropped"
+            if rec["request_id"] in dropped
+            else "traced"
+            if "x_request_id" in rec
+            else "plain"
+        )
+        out[(case, rec["span_name"], rec["message"])] = rec
+    return out
+
+
+def _serve_three_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> str:
+    """The capture's three requests through an in-process worker; returns the log.
+
+    As there: the first without ``traceparent``, the second with ``traceparent`` and
+    ``x-request-id``, the third with ``traceparent`` and dropped by the client."""
+    from dynamo_lite.protocol import request_plane as rp
+    from dynamo_lite.tiny_model import write_tiny_model
+    from tests.support.inproc import ScriptedEngine, running
+
+    buf = io.StringIO()
+    configure_logging(env, buf)
+    extra: dict[str, str] = {}
+    real_encode = rp.encode_frame
+
+    def encode(path: str, headers: dict[str, str], payload: bytes) -> bytes:
+        return real_encode(path, {**headers, **extra}, payload)
+
+    monkeypatch.setattr("dynamo_lite.client.rp.encode_frame", encode)
+
+    async def go() -> None:
+        async with running(ScriptedEngine(), write_tiny_model(tmp_path / "m")) as h:
+            await h.generate(model="m")
+            extra.update({"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01", "x-request-id": "xrid-1"})
+            await h.generate(model="m")
+            del extra["x-request-id"]  # the stock capture's dropped request had none
+            stream = await h.client.generate(
+                {"token_ids": [1, 2], "model": "m", "stop_conditions": {"max_tokens": 10_000}}
+            )
+            async for _ in stream:
+                await stream.cancel()
+                break
+            async with asyncio.timeout(20):  # only to catch a hang
+                while len(_span_records(buf.getvalue())) < 12:
+                    await asyncio.sleep(0.01)
+
+    asyncio.run(go())
+    return buf.getvalue()
+
+
+def test_span_events_match_the_stock_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stock = _by_case(_span_records(STOCK_SPANS.read_text()))
+    assert len(stock) == 12  # 3 requests x 2 spans x (entry, close)
+    # DYN_LOG=warn: stock writes the span records whatever the level.
+    env = {"DYN_LOGGING_JSONL": "1", "DYN_LOGGING_SPAN_EVENTS": "1", "DYN_LOG": "warn"}
+    ours = _by_case(_span_records(_serve_three_requests(tmp_path, monkeypatch, env)))
+    assert ours.keys() == stock.keys()
+    for key, want in stock.items():
+        got = ours[key]
+        assert list(got)[:6] == ["time", "level", "file", "line", "target", "message"]
+        assert list(got)[6:] == sorted(list(got)[6:])
+        assert set(got) == set(want), key
+        assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in want.items()}, key
+        for rec in (got, want):
+            assert (rec["level"], rec["target"]) == ("INFO", "request_span")
+            assert re.fullmatch(r"[0-9a-f]{16}", rec["span_id"])
+            assert re.fullmatch(r"[0-9a-f]{32}", rec["trace_id"])
+            if rec["message"] == "SPAN_CLOSED":
+                busy, idle = rec["time.busy_us"], rec["time.idle_us"]
+                assert rec["time.duration_us"] == busy + idle
+                # Whole microseconds from tracing's three-significant-digit display.
+                assert spanlog.span_micros(busy * 1000) == busy
+                assert spanlog.span_micros(idle * 1000) == idle
+    for recs in (ours, stock):
+        for case in ("plain", "traced", "dropped"):
+            handle = recs[(case, "handle_payload", "SPAN_FIRST_ENTRY")]
+            engine = recs[(case, "engine.generate", "SPAN_FIRST_ENTRY")]
+            assert engine["parent_id"] == handle["span_id"]
+            assert engine["trace_id"] == handle["trace_id"]
+            assert handle["otel.kind"] == "server" and engine["disagg_role"] == "agg"
+            for message in ("SPAN_FIRST_ENTRY", "SPAN_CLOSED"):
+                for span in ("handle_payload", "engine.generate"):
+                    assert (
+                        recs[(case, span, message)]["span_id"]
+                        == recs[(case, span, "SPAN_FIRST_ENTRY")]["span_id"]
+                    )
+        closed = recs[("dropped", "engine.generate", "SPAN_CLOSED")]
+        assert (closed["cancelled"], closed["finish_reason"]) == ("true", "Dropped")
+        assert recs[("traced", "handle_payload", "SPAN_FIRST_ENTRY")]["trace_flags"] == "01"
+    traced = ours[("traced", "handle_payload", "SPAN_FIRST_ENTRY")]
+    assert (traced["trace_id"], traced["parent_id"]) == (TRACE_ID, PARENT_ID)
+    assert traced["x_request_id"] == "xrid-1"
+    plain = ours[("plain", "engine.generate", "SPAN_FIRST_ENTRY")]
+    assert (plain["model"], plain["input_tokens"]) == ("m", "3")
+
+
+def test_span_micros_follows_the_stock_arithmetic() -> None:
+    cases = {
+        377_400: 377,  # "377µs"
+        2_064_000: 2060,  # "2.06ms"
+        53_421_000: 53400,  # "53.4ms"
+        22_049: 22,  # "22.0µs"
+        850: 0,  # "850ns"
+        2_010_000: 2009,  # "2.01ms": 2.01 * 1000.0 is 2009.9999999999998 in Rust too
+        1_234_567_891: 1_230_000,  # "1.23s"
+        123_456_000_000: 123_000_000,  # "123s"
+    }
+    assert {ns: spanlog.span_micros(ns) for ns in cases} == cases
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DYN_LOGGING_JSONL": "1", "DYN_LOG": "debug"},
+        {"DYN_LOGGING_JSONL": "1", "DYN_LOGGING_SPAN_EVENTS": "0"},
+        {"DYN_LOGGING_SPAN_EVENTS": "1", "DYN_LOG": "debug"},  # readable logs: ignored
+    ],
+    ids=["unset", "zero", "readable"],
+)
+def test_no_span_events_unless_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    from dynamo_lite.tiny_model import write_tiny_model
+    from tests.support.inproc import ScriptedEngine, running
+
+    buf = io.StringIO()
+    configure_logging(env, buf)
+    assert spanlog.enabled is False
+
+    async def go() -> None:
+        async with running(ScriptedEngine(), write_tiny_model(tmp_path / "m")) as h:
+            await h.generate(model="m")
+
+    asyncio.run(go())
+    assert "SPAN_" not in buf.getvalue()
+    assert "request_span" not in buf.getvalue()
+
+
+def test_span_of_a_failing_engine_closes_without_drop_fields(tmp_path: Path) -> None:
+    """Stock, side by side (an engine raising after its first chunk): the
+    ``engine.generate`` close has the entry fields only, no ``cancelled``."""
+    from dynamo_lite.client import RemoteError
+    from dynamo_lite.tiny_model import write_tiny_model
+    from tests.support.inproc import ScriptedEngine, running
+
+    async def boom(request: Any, ctx: Any) -> AsyncIterator[dict[str, Any]]:
+        yield {"token_ids": [1], "index": 0}
+        raise ValueError("boom in engine")
+
+    buf = io.StringIO()
+    configure_logging({"DYN_LOGGING_JSONL": "1", "DYN_LOGGING_SPAN_EVENTS": "1"}, buf)
+
+    async def go() -> None:
+        engine = ScriptedEngine({"boom": boom})
+        async with running(engine, write_tiny_model(tmp_path / "m")) as h:
+            with pytest.raises(RemoteError, match="boom in engine"):
+                await h.generate(model="m", mode="boom")
+
+    asyncio.run(go())
+    closed = [r for r in _span_records(buf.getvalue()) if r["message"] == "SPAN_CLOSED"]
+    assert [r["span_name"] for r in closed] == ["engine.generate", "handle_payload"]
+    assert "cancelled" not in closed[0] and "finish_reason" not in closed[0]

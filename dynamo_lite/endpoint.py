@@ -196,9 +196,14 @@ class Endpoint:
         self.requests[ctl.id] = req
         self.stats.requests += 1
         self.stats.request_bytes += len(payload)
-        serve = self._serve(req, address, ctl.info.subject, message.body)
         if spanlog.enabled:
-            serve = spanlog.handle_payload(serve, ctx, self.span_identity)
+            serve = spanlog.handle_payload(
+                lambda: self._serve(req, address, ctl.info.subject, message.body),
+                ctx,
+                self.span_identity,
+            )
+        else:
+            serve = self._serve(req, address, ctl.info.subject, message.body)
         req.task = self.tasks.spawn(serve, name=f"request-{ctl.id}")
         return None
 

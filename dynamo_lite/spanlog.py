@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Coroutine, Generator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, TypeVar
 
 from .context import Context
@@ -174,9 +174,14 @@ def _trace_parts(ctx: Context) -> tuple[str | None, str | None, str | None]:
 
 
 async def handle_payload(
-    coro: Coroutine[Any, Any, None], ctx: Context, identity: Mapping[str, str]
+    serve: Callable[[], Coroutine[Any, Any, None]], ctx: Context, identity: Mapping[str, str]
 ) -> None:
-    """Run one request's coroutine inside a ``handle_payload`` span."""
+    """Run one request's coroutine inside a ``handle_payload`` span.
+
+    The coroutine is made here, not by the caller: a task cancelled before its
+    first step never runs this body, and an inner coroutine made beforehand
+    would then be left never awaited.
+    """
     trace_id, parent, flags = _trace_parts(ctx)
     fields = dict(identity)
     fields["otel.kind"] = "server"
@@ -195,7 +200,7 @@ async def handle_payload(
     _open[request_id] = fields
     span.enter()
     try:
-        await _Step(coro, span)
+        await _Step(serve(), span)
     finally:
         _open.pop(request_id, None)
         span.close()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+import warnings
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 import structlog
 
 from dynamo_lite import spanlog
+from dynamo_lite.context import Context
 from dynamo_lite.lifecycle import Lifecycle, Reason
 from dynamo_lite.logsetup import TRACE, configure_logging, parse_dyn_log
 
@@ -341,3 +344,30 @@ def test_span_of_a_failing_engine_closes_without_drop_fields(tmp_path: Path) -> 
     closed = [r for r in _span_records(buf.getvalue()) if r["message"] == "SPAN_CLOSED"]
     assert [r["span_name"] for r in closed] == ["engine.generate", "handle_payload"]
     assert "cancelled" not in closed[0] and "finish_reason" not in closed[0]
+
+
+def test_a_request_cancelled_before_its_first_step_leaves_no_coroutine_behind() -> None:
+    """The span wrapper makes the request's coroutine itself: a task cancelled
+    before it ever runs must not leave an inner coroutine never awaited."""
+    made: list[str] = []
+
+    async def serve() -> None:
+        made.append("ran")
+
+    def factory() -> Coroutine[Any, Any, None]:
+        made.append("made")
+        return serve()
+
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(
+            spanlog.handle_payload(factory, Context("r-1"), {"endpoint": "generate"})
+        )
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        asyncio.run(main())
+        gc.collect()
+    assert made == []

@@ -1,11 +1,22 @@
 """Worker configuration: the engine author's :class:`WorkerConfig` and the
-operator's environment (:class:`RuntimeSettings`).
+operator's environment (:class:`Settings`).
 
 ``WorkerConfig`` mirrors ``dynamo.common.backend.WorkerConfig`` 1.6.1 field
 for field, so ``from_args`` implementations port unchanged. Everything an
 operator tunes without touching engine code (addresses, timeouts, discovery
-endpoints) is read from the same environment variables the stock runtime
-reads, with the stock parsing rules, in :meth:`RuntimeSettings.from_env`.
+endpoints, TLS, logging …) is read from the same environment variables the
+stock runtime reads, with the stock parsing rules.
+
+Theory of operation. This module is the configuration layer: the only place
+below the CLI that reads ``os.environ``. :meth:`Settings.from_env` reads
+every variable in :data:`ENV_VARS` once, through the parsers in
+:mod:`dynamo_lite.envparse`, into frozen settings objects; the worker (and
+:func:`dynamo_lite.run`) hands each part to the component it configures.
+Each part's ``from_env(env)`` lives beside the code that uses it and needs
+the mapping given; only this module defaults it to the process environment.
+Process-wide switches used outside any worker (the pure hash
+implementations, the checksum cache, the stream validator's debug mode) are
+read through :func:`process_switches` when used.
 """
 
 from __future__ import annotations
@@ -228,7 +239,6 @@ ENV_VARS = frozenset(
         "DYN_SYSTEM_HOST",
         "DYN_SYSTEM_PORT",
         "DYN_REQUEST_PLANE_CODEC",
-        "DYN_RESPONSE_PLANE",
         "DYN_ENGINE_REQUEST_LIMIT",
         "DYN_DYNAMO_REQUEST_QUEUE_LIMIT",
         "DYN_HEALTH_CHECK_PAYLOAD",

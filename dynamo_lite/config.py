@@ -67,6 +67,7 @@ __all__ = [
     "parse_grace_period",
     "parse_health_check_payload_cli",
     "parse_shutdown_timeout",
+    "pin_process_switches",
     "process_environ",
     "process_switches",
 ]
@@ -428,8 +429,21 @@ class ProcessSwitches:
         )
 
 
+_pinned_switches: ProcessSwitches | None = None
+
+
+def pin_process_switches(switches: ProcessSwitches | None) -> None:
+    """Make :func:`process_switches` answer ``switches`` from now on (None: read
+    the environment again). :func:`dynamo_lite.run` pins the ones it read."""
+    global _pinned_switches
+    _pinned_switches = switches
+
+
 def process_switches() -> ProcessSwitches:
-    """The process's switches, read now (tests change them between calls)."""
+    """The pinned switches, else the process's, read now (tests change the
+    environment between calls)."""
+    if _pinned_switches is not None:
+        return _pinned_switches
     return ProcessSwitches.from_env(process_environ())
 
 

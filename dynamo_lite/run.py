@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import otel_export
-from .config import Settings, WorkerConfig
+from .config import Settings, WorkerConfig, pin_process_switches
 from .engine import BaseEngine
 from .logsetup import configure_logging
 from .worker import Worker
@@ -66,6 +66,7 @@ def run(
     """Run ``engine_cls`` as a worker and exit the process with the worker's status."""
     # The environment is read here, once; every part below gets its settings.
     settings = Settings.from_env()
+    pin_process_switches(settings.switches)
     configure_logging(settings.logging)
     exporting = otel_export.configure_from_env(settings.otel)  # OTEL_EXPORT_ENABLED
     metric_export = otel_export.start_metric_export(settings.otel)

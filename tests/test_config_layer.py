@@ -316,3 +316,14 @@ def test_parse_port_accepts_every_port(value: int, pad: str) -> None:
 @given(st.floats(min_value=0, allow_nan=False, allow_infinity=False))
 def test_parse_float_round_trips(value: float) -> None:
     assert envparse.parse_float({"F": repr(value)}, "F", -1.0) == value
+
+
+def test_pinned_switches_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYN_LITE_PURE_BLAKE3", "1")
+    assert config.process_switches().pure_blake3
+    config.pin_process_switches(config.ProcessSwitches(pure_blake3=False))
+    try:
+        assert not config.process_switches().pure_blake3
+    finally:
+        config.pin_process_switches(None)
+    assert config.process_switches().pure_blake3

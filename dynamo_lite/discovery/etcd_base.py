@@ -36,7 +36,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -95,7 +95,7 @@ class EtcdOptions:
     ``request_timeout`` bounds each call.
     """
 
-    endpoints: Sequence[str] = (DEFAULT_ENDPOINT,)
+    endpoints: tuple[str, ...] = (DEFAULT_ENDPOINT,)
     ttl: int = 30
     startup_timeout: float = 120.0
     recover: bool = True

@@ -40,6 +40,9 @@ async def _start(
     except Exception:
         traceback.print_exc()
         return 1
+    if settings is None:
+        # Stock's own tests patch Worker and expect exactly this call.
+        return await Worker(engine, worker_config).run()
     return await Worker(engine, worker_config, settings=settings).run()
 
 

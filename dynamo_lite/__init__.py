@@ -6,7 +6,7 @@ the resulting worker exactly as it does a stock one.
 """
 
 from . import telemetry
-from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
+from .config import DisaggregationMode, ModelInput, RuntimeSettings, Settings, WorkerConfig
 from .context import Context
 from .embedding import ShutDownBeforeServing, serve
 from .engine import (
@@ -80,6 +80,7 @@ __all__ = [
     "RawRequest",
     "RawResponseChunk",
     "RuntimeSettings",
+    "Settings",
     "SetupFailed",
     "ShutDownBeforeServing",
     "StartupError",

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-__all__ = ["DEFAULT_QUEUE_LIMIT", "UNLIMITED_QUEUE_CAPACITY", "EngineGate"]
+from .envparse import parse_int
+
+__all__ = ["DEFAULT_QUEUE_LIMIT", "UNLIMITED_QUEUE_CAPACITY", "EngineGate", "GateLimits"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +41,22 @@ UNLIMITED_QUEUE_CAPACITY = 40_000
 
 
 def _limit(env: Mapping[str, str], name: str) -> int | None:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        logger.warning("Invalid %s=%r; ignoring it", name, raw)
-        return None
-    return value if value > 0 else None
+    value = parse_int(env, name, None)
+    return value if value is not None and value > 0 else None
+
+
+@dataclass(frozen=True)
+class GateLimits:
+    """``DYN_ENGINE_REQUEST_LIMIT`` / ``DYN_DYNAMO_REQUEST_QUEUE_LIMIT`` (None: unset)."""
+
+    limit: int | None = None
+    queue_limit: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> GateLimits:
+        return cls(
+            _limit(env, "DYN_ENGINE_REQUEST_LIMIT"), _limit(env, "DYN_DYNAMO_REQUEST_QUEUE_LIMIT")
+        )
 
 
 class EngineGate:
@@ -64,11 +73,12 @@ class EngineGate:
         self._waiting: deque[asyncio.Future[None]] = deque()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineGate:
-        env = os.environ if env is None else env
-        return cls(
-            _limit(env, "DYN_ENGINE_REQUEST_LIMIT"), _limit(env, "DYN_DYNAMO_REQUEST_QUEUE_LIMIT")
-        )
+    def from_env(cls, env: Mapping[str, str]) -> EngineGate:
+        return cls.from_limits(GateLimits.from_env(env))
+
+    @classmethod
+    def from_limits(cls, limits: GateLimits) -> EngineGate:
+        return cls(limits.limit, limits.queue_limit)
 
     # --- what the metrics read -------------------------------------------------
     @property

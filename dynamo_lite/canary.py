@@ -44,8 +44,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import math
-import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
@@ -55,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from .context import Context
+from .envparse import parse_bool, parse_duration
 from .errors import WireError, classify
 from .health_check import load_health_check_from_env, stamp_marker
 from .stats import EndpointStats, RequestProgress
@@ -77,22 +76,6 @@ CLOSE_BOUND = 1.0
 STALL_VETO = "stalled-requests"
 MIN_WAIT = 0.1
 
-_TRUTHY = ("1", "true", "yes", "on")
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float | None) -> float | None:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        logger.warning("Invalid %s=%r; using %s", name, raw, default)
-        return default
-    return value
-
 
 @dataclass(frozen=True)
 class HealthSettings:
@@ -103,20 +86,19 @@ class HealthSettings:
     stall_timeout: float | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> HealthSettings:
-        env = os.environ if env is None else env
-        stall = _seconds(env, "DYN_LITE_STALL_TIMEOUT_SECS", None)
+    def from_env(cls, env: Mapping[str, str]) -> HealthSettings:
+        stall = parse_duration(env, "DYN_LITE_STALL_TIMEOUT_SECS", None)
         return cls(
-            enabled=(env.get("DYN_HEALTH_CHECK_ENABLED") or "").strip().lower() in _TRUTHY,
+            enabled=parse_bool(env, "DYN_HEALTH_CHECK_ENABLED", False),
             # A zero wait would probe in a tight loop.
-            wait=max(_seconds(env, "DYN_CANARY_WAIT_TIME", 10.0) or 0.0, MIN_WAIT),
-            timeout=_seconds(env, "DYN_HEALTH_CHECK_REQUEST_TIMEOUT", 3.0) or 0.0,
+            wait=max(parse_duration(env, "DYN_CANARY_WAIT_TIME", 10.0), MIN_WAIT),
+            timeout=parse_duration(env, "DYN_HEALTH_CHECK_REQUEST_TIMEOUT", 3.0),
             stall_timeout=stall if stall else None,
         )
 
 
 async def resolve_payload(
-    engine: BaseEngine, config: WorkerConfig, env: Mapping[str, str] | None = None
+    engine: BaseEngine, config: WorkerConfig, env: Mapping[str, str]
 ) -> dict[str, Any] | None:
     """The canary payload, marked, or None (canary off).
 

@@ -70,7 +70,9 @@ def _native() -> ModuleType | None:
 
 
 def _forced_pure() -> bool:
-    return os.environ.get(PURE_ENV, "") not in ("", "0")
+    from .config import process_switches
+
+    return process_switches().pure_blake3
 
 
 def _use_pure() -> bool:
@@ -119,10 +121,9 @@ def _stat_key(path: str) -> _Key:
 
 
 def _cache_file() -> Path | None:
-    if os.environ.get(CACHE_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
-        return None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dynamo_lite" / "checksums.json"
+    from .config import process_switches
+
+    return process_switches().checksum_cache
 
 
 def _disk_key(key: _Key) -> str:

@@ -26,7 +26,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import socket
 import time
 import uuid
@@ -35,7 +34,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, cast
 
-from .config import RuntimeSettings
+from .config import RuntimeSettings, Settings, as_settings
 from .discovery import EndpointId, KvStore, open_store
 from .netaddr import bind_and_advertise, format_host_port
 from .protocol import codec as wire_codec
@@ -361,20 +360,26 @@ class Client:
         *,
         discovery_backend: str = "etcd",
         store: KvStore | None = None,
-        settings: RuntimeSettings | None = None,
+        settings: Settings | RuntimeSettings | None = None,
         response_host: str | None = None,
         ack_timeout: float = 5.0,
         item_timeout: float | None = 60.0,
         tls: TcpTls | None = None,
     ) -> None:
+        # Read from the process environment unless given (config.Settings).
+        env = as_settings(settings)
         # Same variables as the frontend: DYN_TCP_TLS_* (see transport/tls.py).
-        self.tls = tls if tls is not None else TcpTls.from_env()
+        self.tls = tls if tls is not None else env.tcp_tls
         self.endpoint_id = EndpointId(namespace, component, endpoint)
-        self._store = store if store is not None else open_store(discovery_backend, settings)
+        self._store = (
+            store
+            if store is not None
+            else open_store(discovery_backend, env.runtime, env.discovery)
+        )
         self._own_store = store is None
         # As the stock frontend: DYN_TCP_RESPONSE_STREAM_HOST, else the chosen address.
         self._bind_host, self.response_host = bind_and_advertise(
-            response_host or os.environ.get("DYN_TCP_RESPONSE_STREAM_HOST"),
+            response_host or env.response_stream_host,
             "DYN_TCP_RESPONSE_STREAM_HOST",
         )
         self.ack_timeout = ack_timeout

@@ -1,38 +1,75 @@
 """Worker configuration: the engine author's :class:`WorkerConfig` and the
-operator's environment (:class:`RuntimeSettings`).
+operator's environment (:class:`Settings`).
 
 ``WorkerConfig`` mirrors ``dynamo.common.backend.WorkerConfig`` 1.6.1 field
 for field, so ``from_args`` implementations port unchanged. Everything an
 operator tunes without touching engine code (addresses, timeouts, discovery
-endpoints) is read from the same environment variables the stock runtime
-reads, with the stock parsing rules, in :meth:`RuntimeSettings.from_env`.
+endpoints, TLS, logging …) is read from the same environment variables the
+stock runtime reads, with the stock parsing rules.
+
+Theory of operation. This module is the configuration layer: the only place
+below the CLI that reads ``os.environ``. :meth:`Settings.from_env` reads
+every variable in :data:`ENV_VARS` once, through the parsers in
+:mod:`dynamo_lite.envparse`, into frozen settings objects; the worker (and
+:func:`dynamo_lite.run`) hands each part to the component it configures.
+Each part's ``from_env(env)`` lives beside the code that uses it and needs
+the mapping given; only this module defaults it to the process environment.
+Process-wide switches used outside any worker (the pure hash
+implementations, the checksum cache, the stream validator's debug mode) are
+read through :func:`process_switches` when used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .envparse import (
+    parse_bool,
+    parse_choice,
+    parse_float,
+    parse_int,
+    parse_list,
+    parse_port,
+    parse_str,
+)
 from .health_check import HEALTH_CHECK_KEY, parse_health_check_payload_cli
+
+if TYPE_CHECKING:
+    from .admission import GateLimits
+    from .canary import HealthSettings
+    from .logsetup import LoggingSettings
+    from .otel_export import OtelSettings
+    from .system_server import SystemSettings
+    from .transport.nats_plane import NatsSettings
+    from .transport.tls import TcpTls
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ENV_VARS",
     "HEALTH_CHECK_KEY",
     "DisaggregationMode",
+    "DiscoverySettings",
     "ModelInput",
+    "ProcessSwitches",
     "RuntimeSettings",
+    "Settings",
     "WorkerConfig",
+    "as_settings",
     "parse_grace_period",
     "parse_health_check_payload_cli",
     "parse_shutdown_timeout",
+    "pin_process_switches",
+    "process_environ",
+    "process_switches",
 ]
 
 
@@ -154,57 +191,16 @@ DEFAULT_SHUTDOWN_TIMEOUT = 30
 def parse_grace_period(raw: str | None) -> float:
     """``DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS``: unset/empty → 5, negative → 0,
     unparsable or non-finite → 5 with a warning (stock rules)."""
-    if raw is None or not raw.strip():
-        return DEFAULT_GRACE_PERIOD
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        logger.warning("Invalid DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS=%r; using default 5", raw)
-        return DEFAULT_GRACE_PERIOD
-    return max(value, 0.0)
+    name = "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS"
+    env = {} if raw is None else {name: raw}
+    return parse_float(env, name, DEFAULT_GRACE_PERIOD, clamp_negative=True)
 
 
 def parse_shutdown_timeout(raw: str | None) -> int:
-    """``DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT``: integer seconds, else default 30."""
-    if raw is None:
-        return DEFAULT_SHUTDOWN_TIMEOUT
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        return DEFAULT_SHUTDOWN_TIMEOUT
-    return value if value >= 0 else DEFAULT_SHUTDOWN_TIMEOUT
-
-
-def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        logger.warning("Invalid %s=%r; using default %s", name, raw, default)
-        return default
-    return value if math.isfinite(value) and value >= 0 else default
-
-
-def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        logger.warning("Invalid %s=%r; using default %s", name, raw, default)
-        return default
-
-
-def _bool_env(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    return raw.strip().lower() in ("1", "true", "yes", "on")
+    """``DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT``: whole seconds >= 0, else default 30."""
+    name = "DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT"
+    env = {} if raw is None else {name: raw}
+    return parse_int(env, name, DEFAULT_SHUTDOWN_TIMEOUT, minimum=0)
 
 
 def detect_host() -> str:
@@ -244,7 +240,6 @@ ENV_VARS = frozenset(
         "DYN_SYSTEM_HOST",
         "DYN_SYSTEM_PORT",
         "DYN_REQUEST_PLANE_CODEC",
-        "DYN_RESPONSE_PLANE",
         "DYN_ENGINE_REQUEST_LIMIT",
         "DYN_DYNAMO_REQUEST_QUEUE_LIMIT",
         "DYN_HEALTH_CHECK_PAYLOAD",
@@ -288,7 +283,18 @@ ENV_VARS = frozenset(
         "DYN_LITE_STREAM_DEBUG",
         "DYN_LITE_UVLOOP",
         "DYN_LITE_PURE_BLAKE3",
+        "DYN_LITE_PURE_XXH3",
         "DYN_LITE_CHECKSUM_CACHE",
+        "XDG_CACHE_HOME",
+        "DYN_EVENT_PLANE",
+        "DYN_EVENT_PLANE_HOST",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        # Stock behaviour: set for the engine when unset (dynamo_lite.multiproc).
+        "PROMETHEUS_MULTIPROC_DIR",
+        # Read by msgpack itself at import (its pure-Python fallback).
         "MSGPACK_PUREPYTHON",
     }
 )
@@ -335,58 +341,216 @@ class RuntimeSettings:
         return max(0.0, min(self.prefill_drain_timeout, self.shutdown_timeout - 5))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeSettings:
-        env = os.environ if env is None else env
-        endpoints = tuple(
-            e.strip() for e in env.get("ETCD_ENDPOINTS", "").split(",") if e.strip()
-        ) or ("http://localhost:2379",)
-        system_port_raw = env.get("DYN_SYSTEM_PORT", "").strip()
-        system_port: int | None = None
-        if system_port_raw:
-            try:
-                system_port = int(system_port_raw)
-            except ValueError:
-                logger.warning(
-                    "Invalid DYN_SYSTEM_PORT=%r; system server disabled", system_port_raw
-                )
-            if system_port is not None and system_port < 0:
-                system_port = None  # stock's -1: off
-            elif system_port is not None and system_port > 65535:
-                # Stock reads an i16 and refuses anything above 32767; every real port works here.
-                logger.warning(
-                    "Invalid DYN_SYSTEM_PORT=%r; system server disabled", system_port_raw
-                )
-                system_port = None
-        codec = env.get("DYN_REQUEST_PLANE_CODEC", "msgpack").strip().lower() or "msgpack"
-        if codec not in ("msgpack", "json"):
-            logger.warning("Invalid DYN_REQUEST_PLANE_CODEC=%r; using msgpack", codec)
-            codec = "msgpack"
+    def from_env(cls, env: Mapping[str, str]) -> RuntimeSettings:
+        default_kv = Path(tempfile.gettempdir()) / "dynamo_store_kv"
         return cls(
-            discovery_backend=env.get("DYN_DISCOVERY_BACKEND") or None,
-            etcd_endpoints=endpoints,
-            etcd_lease_ttl=max(_int_env(env, "ETCD_LEASE_TTL", 30), 2),
-            etcd_startup_timeout=_float_env(env, "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS", 120.0),
-            file_kv=Path(env.get("DYN_FILE_KV") or Path(tempfile.gettempdir()) / "dynamo_store_kv"),
-            tcp_host=env.get("DYN_TCP_RPC_HOST") or None,
-            tcp_port=_int_env(env, "DYN_TCP_RPC_PORT", 0),
-            max_message_size=_int_env(env, "DYN_TCP_MAX_MESSAGE_SIZE", 33_554_432),
+            discovery_backend=parse_str(env, "DYN_DISCOVERY_BACKEND"),
+            etcd_endpoints=parse_list(env, "ETCD_ENDPOINTS", ("http://localhost:2379",)),
+            etcd_lease_ttl=max(parse_int(env, "ETCD_LEASE_TTL", 30), 2),
+            etcd_startup_timeout=parse_float(env, "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS", 120.0),
+            file_kv=Path(parse_str(env, "DYN_FILE_KV") or default_kv),
+            tcp_host=parse_str(env, "DYN_TCP_RPC_HOST"),
+            tcp_port=parse_port(env, "DYN_TCP_RPC_PORT", 0),
+            max_message_size=parse_int(env, "DYN_TCP_MAX_MESSAGE_SIZE", 33_554_432, minimum=1),
             grace_period=parse_grace_period(env.get("DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS")),
             shutdown_timeout=parse_shutdown_timeout(
                 env.get("DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT")
             ),
-            drain_timeout=(
-                _float_env(env, "DYN_LITE_DRAIN_TIMEOUT_SECS", 0.0)
-                if (env.get("DYN_LITE_DRAIN_TIMEOUT_SECS") or "").strip()
-                else None
+            drain_timeout=parse_float(env, "DYN_LITE_DRAIN_TIMEOUT_SECS", None),
+            prefill_drain_timeout=parse_float(env, "DYN_PREFILL_DRAIN_TIMEOUT_S", 30.0),
+            system_host=parse_str(env, "DYN_SYSTEM_HOST") or "0.0.0.0",
+            # Stock's -1 (any negative) is "off", as unset.
+            system_port=parse_port(env, "DYN_SYSTEM_PORT", None),
+            request_codec=parse_choice(
+                env, "DYN_REQUEST_PLANE_CODEC", "msgpack", ("msgpack", "json")
             ),
-            prefill_drain_timeout=_float_env(env, "DYN_PREFILL_DRAIN_TIMEOUT_S", 30.0),
-            system_host=env.get("DYN_SYSTEM_HOST") or "0.0.0.0",
-            system_port=system_port,
-            request_codec=codec,
-            exit_on_lease_loss=_bool_env(env, "DYN_LITE_EXIT_ON_LEASE_LOSS", False),
-            frame_timeout=_float_env(env, "DYN_LITE_TCP_FRAME_TIMEOUT_SECS", 30.0) or 30.0,
-            idle_timeout=_float_env(env, "DYN_LITE_TCP_IDLE_TIMEOUT_SECS", 900.0) or 900.0,
-            max_connections=max(1, _int_env(env, "DYN_LITE_TCP_MAX_CONNECTIONS", 4096)),
-            max_inflight=max(1, _int_env(env, "DYN_LITE_MAX_INFLIGHT", 10_000)),
-            write_stall_timeout=_float_env(env, "DYN_LITE_WRITE_STALL_SECS", 60.0) or 60.0,
+            exit_on_lease_loss=parse_bool(env, "DYN_LITE_EXIT_ON_LEASE_LOSS", False),
+            frame_timeout=parse_float(
+                env, "DYN_LITE_TCP_FRAME_TIMEOUT_SECS", 30.0, allow_zero=False
+            ),
+            idle_timeout=parse_float(
+                env, "DYN_LITE_TCP_IDLE_TIMEOUT_SECS", 900.0, allow_zero=False
+            ),
+            max_connections=max(1, parse_int(env, "DYN_LITE_TCP_MAX_CONNECTIONS", 4096)),
+            max_inflight=max(1, parse_int(env, "DYN_LITE_MAX_INFLIGHT", 10_000)),
+            write_stall_timeout=parse_float(
+                env, "DYN_LITE_WRITE_STALL_SECS", 60.0, allow_zero=False
+            ),
         )
+
+
+# --- the configuration layer ------------------------------------------------------
+
+
+def process_environ() -> Mapping[str, str]:
+    """The process environment.
+
+    The one door to ``os.environ`` below the CLI: :meth:`Settings.from_env`
+    and the stock-facing helpers whose stock signatures read the environment
+    themselves (``load_health_check_from_env``) come through here.
+    """
+    return os.environ
+
+
+@dataclass(frozen=True)
+class ProcessSwitches:
+    """Process-wide switches that modules need outside any worker (hashing a
+    model file, validating a stream in a test); read through
+    :func:`process_switches` when they are used."""
+
+    #: ``DYN_LITE_PURE_BLAKE3``: anything set but ``0`` forces the pure BLAKE3.
+    pure_blake3: bool = False
+    #: ``DYN_LITE_PURE_XXH3``: the same for the XXH3 block hash.
+    pure_xxh3: bool = False
+    #: ``DYN_LITE_CHECKSUM_CACHE`` (on) under ``XDG_CACHE_HOME`` (``~/.cache``); None: off.
+    checksum_cache: Path | None = None
+    #: ``DYN_LITE_STREAM_DEBUG``: validators raise instead of repairing.
+    stream_debug: bool = False
+    #: ``DYN_LITE_UVLOOP``: uvloop when installed (``0`` keeps asyncio's loop).
+    uvloop: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ProcessSwitches:
+        cache: Path | None = None
+        if parse_bool(env, "DYN_LITE_CHECKSUM_CACHE", True):
+            base = parse_str(env, "XDG_CACHE_HOME") or os.path.join(
+                os.path.expanduser("~"), ".cache"
+            )
+            cache = Path(base) / "dynamo_lite" / "checksums.json"
+        # Historical spellings kept: the pure switches are on for anything but
+        # "0"; the stream debug switch knows no "on"; uvloop no "off".
+        return cls(
+            pure_blake3=parse_bool(env, "DYN_LITE_PURE_BLAKE3", False, truthy=None, falsy=("0",)),
+            pure_xxh3=parse_bool(env, "DYN_LITE_PURE_XXH3", False, truthy=None, falsy=("0",)),
+            checksum_cache=cache,
+            stream_debug=parse_bool(
+                env, "DYN_LITE_STREAM_DEBUG", False, truthy=("1", "true", "yes")
+            ),
+            uvloop=parse_bool(env, "DYN_LITE_UVLOOP", True, falsy=("0", "false", "no")),
+        )
+
+
+_pinned_switches: ProcessSwitches | None = None
+
+
+def pin_process_switches(switches: ProcessSwitches | None) -> None:
+    """Make :func:`process_switches` answer ``switches`` from now on (None: read
+    the environment again). :func:`dynamo_lite.run` pins the ones it read."""
+    global _pinned_switches
+    _pinned_switches = switches
+
+
+def process_switches() -> ProcessSwitches:
+    """The pinned switches, else the process's, read now (tests change the
+    environment between calls)."""
+    if _pinned_switches is not None:
+        return _pinned_switches
+    return ProcessSwitches.from_env(process_environ())
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    """What etcd discovery needs besides :class:`RuntimeSettings`: the client
+    (``DYN_LITE_ETCD_CLIENT``) and the ``ETCD_AUTH_*`` credentials, raw (the
+    TLS material is loaded when an etcd store is built)."""
+
+    etcd_client: str = "gateway"
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DiscoverySettings:
+        def stripped(name: str) -> str | None:
+            return (env.get(name) or "").strip() or None
+
+        return cls(
+            # Validated by open_store, which names the bad value.
+            etcd_client=(env.get("DYN_LITE_ETCD_CLIENT") or "gateway").strip().lower(),
+            username=parse_str(env, "ETCD_AUTH_USERNAME"),
+            password=parse_str(env, "ETCD_AUTH_PASSWORD"),
+            tls_ca=stripped("ETCD_AUTH_CA"),
+            tls_cert=stripped("ETCD_AUTH_CLIENT_CERT"),
+            tls_key=stripped("ETCD_AUTH_CLIENT_KEY"),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker runtime reads from the environment, read once.
+
+    Built by :meth:`from_env` (the only place that defaults to
+    ``os.environ``) and passed down: the worker hands each part to the
+    component it configures. The parts keep their own ``from_env(env)``
+    next to the code that uses them; each needs the mapping given.
+    """
+
+    runtime: RuntimeSettings
+    tcp_tls: TcpTls
+    nats: NatsSettings
+    system: SystemSettings
+    health: HealthSettings
+    engine_limits: GateLimits
+    logging: LoggingSettings
+    otel: OtelSettings
+    discovery: DiscoverySettings
+    switches: ProcessSwitches
+    #: ``DYN_HEALTH_CHECK_PAYLOAD``: JSON object or ``@file`` (parsed when the canary starts).
+    health_check_payload: str | None = None
+    #: ``DYN_SELF_HOST_METADATA``: serve model files from the system port (``0``/``false``: off).
+    self_host_metadata: bool = True
+    #: ``DYN_EVENT_PLANE``: used when the engine passes no ``event_plane``.
+    event_plane: str | None = None
+    #: ``DYN_EVENT_PLANE_HOST``: the KV event publisher's bind/advertise address.
+    event_plane_host: str | None = None
+    #: ``DYN_TCP_RESPONSE_STREAM_HOST``: :class:`dynamo_lite.Client`'s call-home address.
+    response_stream_host: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every variable in :data:`ENV_VARS` from ``env`` (default: the process's)."""
+        env = process_environ() if env is None else env
+        # Imported here: building settings must not pull in the modules'
+        # heavier dependencies before they are needed.
+        from .admission import GateLimits
+        from .canary import HealthSettings
+        from .logsetup import LoggingSettings
+        from .otel_export import OtelSettings
+        from .system_server import SystemSettings
+        from .transport.nats_plane import NatsSettings
+        from .transport.tls import TcpTls
+
+        return cls(
+            runtime=RuntimeSettings.from_env(env),
+            tcp_tls=TcpTls.from_env(env),
+            nats=NatsSettings.from_env(env),
+            system=SystemSettings.from_env(env),
+            health=HealthSettings.from_env(env),
+            engine_limits=GateLimits.from_env(env),
+            logging=LoggingSettings.from_env(env),
+            otel=OtelSettings.from_env(env),
+            discovery=DiscoverySettings.from_env(env),
+            switches=ProcessSwitches.from_env(env),
+            health_check_payload=parse_str(env, "DYN_HEALTH_CHECK_PAYLOAD"),
+            self_host_metadata=parse_bool(
+                env, "DYN_SELF_HOST_METADATA", True, falsy=("0", "false")
+            ),
+            event_plane=parse_str(env, "DYN_EVENT_PLANE"),
+            event_plane_host=parse_str(env, "DYN_EVENT_PLANE_HOST"),
+            response_stream_host=parse_str(env, "DYN_TCP_RESPONSE_STREAM_HOST"),
+        )
+
+
+def as_settings(given: Settings | RuntimeSettings | Mapping[str, str] | None) -> Settings:
+    """What ``Worker(settings=…)`` / ``serve(settings=…)`` accept, as :class:`Settings`.
+
+    A :class:`RuntimeSettings` (the older API) replaces that part of the
+    process environment's settings; a mapping is read as the environment.
+    """
+    if isinstance(given, Settings):
+        return given
+    if isinstance(given, RuntimeSettings):
+        return dataclasses.replace(Settings.from_env(), runtime=given)
+    return Settings.from_env(given)

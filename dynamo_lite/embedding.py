@@ -29,11 +29,11 @@ The watchdog never exits an embedding process: an overrun cancels the run.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import anyio
 
-from .config import RuntimeSettings, WorkerConfig
+from .config import RuntimeSettings, Settings, WorkerConfig
 from .discovery import KvStore
 from .engine import BaseEngine
 from .lifecycle import Reason, StartupError
@@ -53,11 +53,16 @@ async def serve(
     engine: BaseEngine,
     config: WorkerConfig,
     *,
-    settings: RuntimeSettings | None = None,
+    settings: Settings | RuntimeSettings | Mapping[str, str] | None = None,
     store: KvStore | None = None,
     handle_signals: bool = True,
 ) -> AsyncIterator[Worker]:
-    """Serve ``engine`` until the block ends; yields the worker once it is serving."""
+    """Serve ``engine`` until the block ends; yields the worker once it is serving.
+
+    ``settings``: as :class:`~dynamo_lite.worker.Worker` takes them (a
+    :class:`~dynamo_lite.config.Settings`, an environment mapping to read, a
+    :class:`~dynamo_lite.config.RuntimeSettings`, or None for the process's).
+    """
     worker = Worker(
         engine,
         config,

@@ -132,6 +132,8 @@ class Endpoint:
         self.max_inflight = max_inflight
         #: ``DYN_ENGINE_REQUEST_LIMIT``: requests beyond it wait (:mod:`dynamo_lite.admission`).
         self.engine_gate = EngineGate()
+        #: ``DYN_LITE_STREAM_DEBUG`` (the worker sets it); None: the process's.
+        self.stream_debug: bool | None = None
         self.accepting = False
         self.stats = EndpointStats()
         self.requests: dict[str, _Request] = {}
@@ -345,7 +347,11 @@ class Endpoint:
         if spanlog.enabled:
             agen = spanlog.engine_generate(agen, request, ctx, raw=self.raw, role=self.disagg_role)
         ctx.add_done_callback(lambda _ctx: self._on_context_stop(req))
-        validator = req.validator = RawStreamValidator() if self.raw else StreamValidator()
+        validator = req.validator = (
+            RawStreamValidator(self.stream_debug)
+            if self.raw
+            else StreamValidator(self.stream_debug)
+        )
         output_frame = items.output_frame
         gate = req.gate
         first_output = self.on_first_output

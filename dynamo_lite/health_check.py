@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,9 +72,15 @@ def load_health_check_from_env(
     """The payload in ``env_var`` (JSON object or ``@file``), unmarked; None if unset.
 
     Unparsable JSON, a missing file or a non-object are logged at WARNING and
-    give None, so the next source in the precedence order applies.
+    give None, so the next source in the precedence order applies. ``env``
+    defaults to the process environment, as stock's helper (engines call it
+    from their own code); the configuration layer hands it over.
     """
-    value = (os.environ if env is None else env).get(env_var)
+    if env is None:
+        from .config import process_environ
+
+        env = process_environ()
+    value = env.get(env_var)
     if not value:
         return None
     try:

@@ -30,8 +30,9 @@ Every arrow below is one entry of the table, and a test keeps the two equal
         TEARDOWN --> STOPPED : teardown complete
 
 CONNECTING
-    Parse the environment, open discovery (an etcd lease, or a file store)
-    and bind the request-plane listener. The discovery instance id becomes
+    With the settings read when the worker was built (``config.Settings``),
+    open discovery (an etcd lease, or a file store) and bind the
+    request-plane listener. The discovery instance id becomes
     the ``worker_id`` handed to ``start()``. A signal here ends the process
     at once with status 0: nothing was started, so nothing is cleaned up.
     Discovery that stays unreachable ends it with status 1.

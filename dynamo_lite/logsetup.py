@@ -50,7 +50,10 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
+
+from .envparse import parse_bool, parse_str
 
 __all__ = ["TRACE", "configure_logging", "parse_dyn_log"]
 
@@ -278,25 +281,48 @@ def _route_structlog() -> None:
 _configured: set[str] = set()
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+@dataclass(frozen=True)
+class LoggingSettings:
+    """``DYN_LOG``, ``DYN_LOGGING_*`` and ``DYN_LOG_USE_LOCAL_TZ``."""
+
+    dyn_log: str | None = None
+    config_path: str = DEFAULT_LOGGING_CONFIG
+    jsonl: bool = False
+    local_tz: bool = False
+    #: ``DYN_LOGGING_SPAN_EVENTS``: span entry/close records (JSONL only).
+    span_events: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LoggingSettings:
+        return cls(
+            dyn_log=parse_str(env, "DYN_LOG"),
+            config_path=parse_str(env, "DYN_LOGGING_CONFIG_PATH") or DEFAULT_LOGGING_CONFIG,
+            jsonl=parse_bool(env, "DYN_LOGGING_JSONL", False)
+            or (env.get("DYN_LOGGING_CONSOLE_FORMAT") or "").strip().lower() == "jsonl",
+            local_tz=parse_bool(env, "DYN_LOG_USE_LOCAL_TZ", False),
+            span_events=parse_bool(env, "DYN_LOGGING_SPAN_EVENTS", False),
+        )
 
 
-def configure_logging(env: Mapping[str, str] | None = None, stream: TextIO | None = None) -> None:
-    """Install the worker's log handler on the root logger (idempotent)."""
-    env = os.environ if env is None else env
-    default, targets, invalid = parse_dyn_log(env.get("DYN_LOG"))
-    config_path = env.get("DYN_LOGGING_CONFIG_PATH") or DEFAULT_LOGGING_CONFIG
+def configure_logging(
+    env: LoggingSettings | Mapping[str, str], stream: TextIO | None = None
+) -> None:
+    """Install the worker's log handler on the root logger (idempotent).
+
+    ``env``: the settings (:class:`dynamo_lite.config.Settings` ``.logging``)
+    or an environment mapping to read them from.
+    """
+    s = env if isinstance(env, LoggingSettings) else LoggingSettings.from_env(env)
+    default, targets, invalid = parse_dyn_log(s.dyn_log)
+    config_path = s.config_path
     if os.path.isfile(config_path):
         file_level, file_targets, problems = read_logging_config(config_path)
-        if file_level is not None and not (env.get("DYN_LOG") or "").strip():
+        if file_level is not None and not (s.dyn_log or "").strip():
             default = file_level
         targets.update(file_targets)
         invalid += [f"{config_path}: {p}" for p in problems]
-    jsonl = _truthy(env.get("DYN_LOGGING_JSONL")) or (
-        (env.get("DYN_LOGGING_CONSOLE_FORMAT") or "").strip().lower() == "jsonl"
-    )
-    formatter = StockFormatter(jsonl=jsonl, local_tz=_truthy(env.get("DYN_LOG_USE_LOCAL_TZ")))
+    jsonl = s.jsonl
+    formatter = StockFormatter(jsonl=jsonl, local_tz=s.local_tz)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     handler._dynamo_lite = True  # type: ignore[attr-defined]
@@ -317,7 +343,7 @@ def configure_logging(env: Mapping[str, str] | None = None, stream: TextIO | Non
         _route_structlog()
     from . import spanlog
 
-    span_events = jsonl and _truthy(env.get("DYN_LOGGING_SPAN_EVENTS"))
+    span_events = jsonl and s.span_events
     if span_events:
         # Stock lets its span records through whatever DYN_LOG says (even ``warn``).
         span_logger = logging.getLogger(spanlog.TARGET)

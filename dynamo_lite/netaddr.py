@@ -30,7 +30,6 @@ import contextlib
 import fcntl
 import ipaddress
 import logging
-import os
 import socket
 import struct
 from collections.abc import Mapping
@@ -284,9 +283,8 @@ def advertise_host(
     env: Mapping[str, str] | None = None,
     family: Family | None = None,
 ) -> str:
-    """``$variable`` when set (the operator's word wins), else :func:`detect`."""
-    env = os.environ if env is None else env
-    if variable is not None:
+    """``$variable`` in ``env`` when set (the operator's word wins), else :func:`detect`."""
+    if variable is not None and env is not None:
         explicit = (env.get(variable) or "").strip()
         if explicit:
             return explicit_or_detect(explicit, variable)

@@ -22,13 +22,14 @@ also exports its log records over OTLP; dynamo_lite exports traces only.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import telemetry
+from .envparse import parse_bool, parse_float, parse_str
 
-__all__ = ["configure_from_env", "enabled"]
+__all__ = ["OtelSettings", "configure_from_env", "enabled"]
 
 logger = logging.getLogger("dynamo_lite.telemetry")
 
@@ -44,25 +45,51 @@ _EXPORTERS = {
 }
 
 
-def enabled(env: Mapping[str, str] | None = None) -> bool:
-    env = os.environ if env is None else env
-    return (env.get("OTEL_EXPORT_ENABLED") or "").strip().lower() in ("1", "true", "yes", "on")
+@dataclass(frozen=True)
+class OtelSettings:
+    """What dynamo_lite itself reads of the ``OTEL_*`` variables (the exporter
+    reads its endpoint, headers, resource … itself)."""
+
+    enabled: bool = False
+    traces_protocol: str = "grpc"
+    metrics_protocol: str = "grpc"
+    #: ``OTEL_METRIC_EXPORT_INTERVAL``, in seconds (the variable is in ms).
+    metric_interval: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OtelSettings:
+        common = parse_str(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
+        traces = parse_str(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or common
+        metrics = parse_str(env, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or common
+        return cls(
+            enabled=parse_bool(env, "OTEL_EXPORT_ENABLED", False),
+            traces_protocol=(traces or "grpc").strip().lower(),
+            metrics_protocol=(metrics or "grpc").strip().lower(),
+            metric_interval=parse_float(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000.0) / 1000,
+        )
 
 
-def protocol(env: Mapping[str, str]) -> str:
-    raw = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-    return (raw or "grpc").strip().lower()
+def _settings(env: OtelSettings | Mapping[str, str]) -> OtelSettings:
+    return env if isinstance(env, OtelSettings) else OtelSettings.from_env(env)
 
 
-def configure_from_env(env: Mapping[str, str] | None = None) -> Any:
+def enabled(env: OtelSettings | Mapping[str, str]) -> bool:
+    return _settings(env).enabled
+
+
+def protocol(env: OtelSettings | Mapping[str, str]) -> str:
+    return _settings(env).traces_protocol
+
+
+def configure_from_env(env: OtelSettings | Mapping[str, str]) -> Any:
     """Install an exporting tracer provider when asked to; returns it (or None).
 
     The caller shuts it down at exit, which flushes the spans still batched.
     """
-    env = os.environ if env is None else env
-    if not enabled(env):
+    settings = _settings(env)
+    if not settings.enabled:
         return None
-    proto = protocol(env)
+    proto = settings.traces_protocol
     if proto not in _EXPORTERS:
         logger.warning(
             "OTEL_EXPORTER_OTLP_PROTOCOL=%r is not supported (grpc or http/protobuf); "
@@ -234,14 +261,12 @@ _METRIC_EXPORTERS = {
 }
 
 
-def start_metric_export(env: Mapping[str, str] | None = None) -> MetricExport | None:
+def start_metric_export(env: OtelSettings | Mapping[str, str]) -> MetricExport | None:
     """With ``OTEL_EXPORT_ENABLED``, export the engines' typed metrics over OTLP."""
-    env = os.environ if env is None else env
-    if not enabled(env):
+    settings = _settings(env)
+    if not settings.enabled:
         return None
-    raw = env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-    proto = (raw or "grpc").strip().lower()
-    module = _METRIC_EXPORTERS.get(proto)
+    module = _METRIC_EXPORTERS.get(settings.metrics_protocol)
     if module is None:
         return None
     try:
@@ -250,8 +275,4 @@ def start_metric_export(env: Mapping[str, str] | None = None) -> MetricExport | 
         exporter = importlib.import_module(module).OTLPMetricExporter()
     except ImportError:
         return None  # configure_from_env already said what to install
-    try:
-        interval = float(env.get("OTEL_METRIC_EXPORT_INTERVAL") or 60000) / 1000
-    except ValueError:
-        interval = 60.0
-    return MetricExport(exporter, max(interval, 0.05))
+    return MetricExport(exporter, max(settings.metric_interval, 0.05))

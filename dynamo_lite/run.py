@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import otel_export
-from .config import WorkerConfig
+from .config import Settings, WorkerConfig, pin_process_switches
 from .engine import BaseEngine
 from .logsetup import configure_logging
 from .worker import Worker
@@ -30,6 +29,7 @@ async def _start(
     engine_cls: type[BaseEngine],
     argv: list[str] | None = None,
     engine_factory: EngineFactory | None = None,
+    settings: Settings | None = None,
 ) -> int:
     """Build the engine (``engine_factory`` or ``engine_cls.from_args``) and run a worker on it."""
     from_args = engine_factory or engine_cls.from_args
@@ -40,15 +40,18 @@ async def _start(
     except Exception:
         traceback.print_exc()
         return 1
-    return await Worker(engine, worker_config).run()
+    if settings is None:
+        # Stock's own tests patch Worker and expect exactly this call.
+        return await Worker(engine, worker_config).run()
+    return await Worker(engine, worker_config, settings=settings).run()
 
 
 _main = _start
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def _loop_factory(use_uvloop: bool = True) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when installed (and not disabled with DYN_LITE_UVLOOP=0)."""
-    if os.environ.get("DYN_LITE_UVLOOP", "1").strip().lower() in ("0", "false", "no"):
+    if not use_uvloop:
         return None
     try:
         import uvloop
@@ -64,12 +67,15 @@ def run(
     engine_factory: EngineFactory | None = None,
 ) -> Any:
     """Run ``engine_cls`` as a worker and exit the process with the worker's status."""
-    configure_logging()
-    exporting = otel_export.configure_from_env()  # OTEL_EXPORT_ENABLED
-    metric_export = otel_export.start_metric_export()
+    # The environment is read here, once; every part below gets its settings.
+    settings = Settings.from_env()
+    pin_process_switches(settings.switches)
+    configure_logging(settings.logging)
+    exporting = otel_export.configure_from_env(settings.otel)  # OTEL_EXPORT_ENABLED
+    metric_export = otel_export.start_metric_export(settings.otel)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            code = runner.run(_start(engine_cls, argv, engine_factory))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.switches.uvloop)) as runner:
+            code = runner.run(_start(engine_cls, argv, engine_factory, settings))
     finally:
         if metric_export is not None:
             metric_export.shutdown()

@@ -38,7 +38,6 @@ With ``DYN_LITE_STREAM_DEBUG=1`` (or ``strict=True``) every violation raises
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from .errors import DynamoException, WireError
@@ -96,7 +95,11 @@ class StreamContractError(DynamoException):
 
 
 def _debug_default() -> bool:
-    return os.environ.get("DYN_LITE_STREAM_DEBUG", "").strip().lower() in ("1", "true", "yes")
+    # Validators built without ``strict`` (the worker's endpoint passes its
+    # setting) take the process's DYN_LITE_STREAM_DEBUG from the config layer.
+    from .config import process_switches
+
+    return process_switches().stream_debug
 
 
 class StreamValidator:

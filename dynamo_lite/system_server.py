@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
+from .envparse import parse_str
 from .netaddr import tcp_listener
 
 if TYPE_CHECKING:
@@ -63,6 +63,45 @@ BodyHandler = Callable[[str, str, bytes], Awaitable[Response]]
 MAX_BODY = 2 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class SystemSettings:
+    """The status server's routes and starting readiness (``DYN_SYSTEM_*``).
+
+    ``DYN_SYSTEM_HOST`` / ``DYN_SYSTEM_PORT`` live in
+    :class:`~dynamo_lite.config.RuntimeSettings` (they decide whether there is a server).
+    """
+
+    health_path: str = "/health"
+    live_path: str = "/live"
+    starting_ready: bool = False
+    #: ``DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS``: the endpoints readiness waits for.
+    use_endpoints: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SystemSettings:
+        use_endpoints: tuple[str, ...] | None = None
+        raw = (env.get("DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS") or "").strip()
+        if raw:
+            try:
+                parsed = json.loads(raw)
+                if isinstance(parsed, list):
+                    use_endpoints = tuple(str(x) for x in parsed)
+            except ValueError:
+                logger.warning("Invalid DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=%r; ignoring", raw)
+        return cls(
+            health_path=parse_str(env, "DYN_SYSTEM_HEALTH_PATH") or "/health",
+            live_path=parse_str(env, "DYN_SYSTEM_LIVE_PATH") or "/live",
+            starting_ready=(env.get("DYN_SYSTEM_STARTING_HEALTH_STATUS") or "").lower() == "ready",
+            use_endpoints=use_endpoints,
+        )
+
+
+def _system_settings(given: SystemSettings | Mapping[str, str] | None) -> SystemSettings:
+    if given is None:
+        return SystemSettings()
+    return given if isinstance(given, SystemSettings) else SystemSettings.from_env(given)
+
+
 class HealthStatus:
     """The served status behind ``/health`` and ``/live``: readiness as the stock
     runtime reports it, plus dynamo_lite's vetoes.
@@ -73,19 +112,13 @@ class HealthStatus:
     whole worker, report not ready until it is lifted, whatever that status.
     """
 
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        env = os.environ if env is None else env
+    def __init__(self, settings: SystemSettings | Mapping[str, str] | None = None) -> None:
+        s = _system_settings(settings)
         self.started = time.monotonic()
-        self.starting_ready = env.get("DYN_SYSTEM_STARTING_HEALTH_STATUS", "").lower() == "ready"
-        self.use_endpoints: list[str] | None = None
-        raw = env.get("DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS", "").strip()
-        if raw:
-            try:
-                parsed = json.loads(raw)
-                if isinstance(parsed, list):
-                    self.use_endpoints = [str(x) for x in parsed]
-            except ValueError:
-                logger.warning("Invalid DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS=%r; ignoring", raw)
+        self.starting_ready = s.starting_ready
+        self.use_endpoints: list[str] | None = (
+            list(s.use_endpoints) if s.use_endpoints is not None else None
+        )
         start = "ready" if self.starting_ready else "notready"
         self.endpoints: dict[str, str] = {name: start for name in self.use_endpoints or ()}
         self.serving = False
@@ -128,18 +161,20 @@ class HealthStatus:
 
 class SystemServer:
     def __init__(
-        self, host: str, port: int, health: HealthStatus, env: Mapping[str, str] | None = None
+        self,
+        host: str,
+        port: int,
+        health: HealthStatus,
+        env: SystemSettings | Mapping[str, str] | None = None,
     ) -> None:
-        env = os.environ if env is None else env
+        s = _system_settings(env)
         self.host = host
         self.port = port
         self.health = health
         self.routes: dict[str, Handler] = {}
         self.prefix_routes: list[tuple[str, Handler]] = []
-        health_path = env.get("DYN_SYSTEM_HEALTH_PATH") or "/health"
-        live_path = env.get("DYN_SYSTEM_LIVE_PATH") or "/live"
-        self.routes[health_path] = self._health
-        self.routes[live_path] = self._health
+        self.routes[s.health_path] = self._health
+        self.routes[s.live_path] = self._health
         self.routes["/metadata"] = lambda m, p: Response(404, b"Discovery metadata not available")
         self.prefix_routes.append(("/engine/", self._engine_not_found))
         self.body_routes: dict[str, BodyHandler] = {}

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -22,14 +22,22 @@ import anyio.abc
 
 from . import endpoint_client, model_cards
 from .admission import EngineGate
-from .canary import HealthMonitor, HealthSettings, resolve_payload
+from .canary import HealthMonitor, resolve_payload
 from .card import served_model_name
-from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
+from .config import (
+    DisaggregationMode,
+    ModelInput,
+    RuntimeSettings,
+    Settings,
+    WorkerConfig,
+    as_settings,
+)
 from .discovery import DiscoveryError, EndpointId, KvStore, open_store
 from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, RawEngine
 from .engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
 from .errors import InvalidArgument
+from .health_check import HEALTH_CHECK_ENV
 from .kv.routing import KvRouting, start_publishing
 from .lifecycle import (
     EXIT_WATCHDOG,
@@ -55,7 +63,7 @@ from .system_server import HealthStatus, SystemServer
 from .tasks import Service, start_service
 from .transport.nats_plane import NatsError
 from .transport.planes import RequestPlane, TcpPlane, open_plane
-from .transport.tls import TcpTls, TlsConfigError
+from .transport.tls import TlsConfigError
 
 logger = logging.getLogger("dynamo_lite.worker")
 
@@ -132,14 +140,18 @@ class Worker:
         engine: BaseEngine,
         config: WorkerConfig,
         *,
-        settings: RuntimeSettings | None = None,
+        settings: Settings | RuntimeSettings | Mapping[str, str] | None = None,
         store: KvStore | None = None,
         handle_signals: bool = True,
         hard_exit: Callable[[int], None] | None = os._exit,
     ) -> None:
         self.engine = engine
         self.config = config
-        self.settings = settings or RuntimeSettings.from_env()
+        #: Everything read from the environment (:class:`dynamo_lite.config.Settings`),
+        #: once, here: a :class:`Settings`, a mapping to read it from, or (the
+        #: older API) a :class:`RuntimeSettings` with the rest from the process.
+        self.env_settings = as_settings(settings)
+        self.settings: RuntimeSettings = self.env_settings.runtime
         self.lifecycle = Lifecycle()
         self.handle_signals = handle_signals
         #: Give a consumed signal to the program's own handler afterwards (embedding).
@@ -156,11 +168,11 @@ class Worker:
         self.engine_config: EngineConfig | None = None
         #: The card and the instance record in discovery (dynamo_lite/registration.py).
         self.registration: Registration | None = None
-        self.health = HealthStatus()
+        self.health = HealthStatus(self.env_settings.system)
         self.system_server: SystemServer | None = None
         #: The latest per-rank snapshots, when the engine declared dp ranks.
         self.snapshots: _SnapshotPublisher | None = None
-        self.health_settings = HealthSettings.from_env()
+        self.health_settings = self.env_settings.health
         #: Canary and stall detector; created at registration.
         self.monitor: HealthMonitor | None = None
         #: What /metrics reports; written below where each value changes.
@@ -195,7 +207,9 @@ class Worker:
     @property
     def store(self) -> KvStore:
         if self._store is None:
-            self._store = open_store(self.config.discovery_backend, self.settings)
+            self._store = open_store(
+                self.config.discovery_backend, self.settings, self.env_settings.discovery
+            )
         return self._store
 
     # --- shutdown requests ------------------------------------------------------
@@ -408,7 +422,7 @@ class Worker:
         if plane not in ("tcp", "nats"):
             raise UnknownRequestPlane(f"request plane {plane!r} is not supported (tcp or nats)")
         check_response_plane(self.config.response_plane)
-        tls = TcpTls.from_env()
+        tls = self.env_settings.tcp_tls
         try:
             self.endpoint.call_home_ssl = tls.client_context()
             server_ssl = tls.server_context()
@@ -417,13 +431,16 @@ class Worker:
         try:
             if s.system_port is not None:
                 # Up first, answering 503 while the engine starts (as stock).
-                self.system_server = SystemServer(s.system_host, s.system_port, self.health)
+                self.system_server = SystemServer(
+                    s.system_host, s.system_port, self.health, self.env_settings.system
+                )
                 self.system_server.serve_metrics(self.metrics.render, METRICS_CONTENT_TYPE)
                 self.system_server.route_body("/engine/", before_routes)
                 await self.system_server.start()
                 await self._start_service("system server", self.system_server.serve)
             self.endpoint.max_inflight = s.max_inflight
-            self.endpoint.engine_gate = EngineGate.from_env()
+            self.endpoint.engine_gate = EngineGate.from_limits(self.env_settings.engine_limits)
+            self.endpoint.stream_debug = self.env_settings.switches.stream_debug
             self.endpoint.write_stall_timeout = s.write_stall_timeout
             self.stats.pool_capacity = self.endpoint.max_inflight
             self.stats.queue = self.endpoint.engine_gate
@@ -440,6 +457,7 @@ class Worker:
                 frame_timeout=s.frame_timeout,
                 idle_timeout=s.idle_timeout,
                 max_connections=s.max_connections,
+                nats=self.env_settings.nats,
             )
             await self.plane.start(tg)
             self.store.on_lost = self._on_lease_lost
@@ -502,8 +520,7 @@ class Worker:
             tokens=not self.endpoint.raw,
             system_server=self.system_server,
             system_host=self.settings.system_host,
-            self_host=os.environ.get("DYN_SELF_HOST_METADATA", "1").strip().lower()
-            not in ("0", "false"),
+            self_host=self.env_settings.self_host_metadata,
             enable_local_indexer=self.kv.enable_local_indexer,
         )
         logger.debug("local model built")
@@ -521,7 +538,10 @@ class Worker:
         self.engine_routes = EngineRoutes(self, engine, self.instance_switch)
         if self.system_server is not None:
             self.system_server.route_body("/engine/", self.engine_routes.handle)
-        payload = await resolve_payload(engine, cfg)
+        raw_payload = self.env_settings.health_check_payload
+        payload = await resolve_payload(
+            engine, cfg, {HEALTH_CHECK_ENV: raw_payload} if raw_payload else {}
+        )
         self.monitor = monitor = HealthMonitor(
             engine, self.endpoint, self.health, self.health_settings, payload
         )

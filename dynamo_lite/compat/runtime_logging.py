@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ..logsetup import configure_logging
@@ -12,4 +13,4 @@ __all__ = ["configure_dynamo_logging"]
 def configure_dynamo_logging(*args: Any, **kwargs: Any) -> None:
     """Configure logging from ``DYN_LOG`` / ``DYN_LOGGING_JSONL`` (arguments are ignored)."""
     del args, kwargs
-    configure_logging()
+    configure_logging(os.environ)

@@ -8,12 +8,11 @@ under ``DYN_FILE_KV``, kept alive by mtime) and ``mem`` (in-process tests).
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import RuntimeSettings
+from ..config import DiscoverySettings, RuntimeSettings, process_environ
 from .base import DiscoveryError, DiscoveryUnavailable, KvStore
 from .file import FileStore
 from .keys import EndpointId
@@ -25,6 +24,7 @@ __all__ = [
     "EndpointId",
     "EtcdGrpcStore",
     "EtcdLeaseStore",
+    "EtcdOptions",
     "EtcdStore",
     "FileStore",
     "KvStore",
@@ -37,7 +37,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .etcd import EtcdStore
-    from .etcd_base import EtcdLeaseStore, LeaseNotFound
+    from .etcd_base import EtcdLeaseStore, EtcdOptions, LeaseNotFound
     from .etcd_grpc import EtcdGrpcStore
     from .tls import TlsConfig
 
@@ -47,6 +47,7 @@ ETCD_CLIENTS = ("gateway", "grpc")
 _LAZY = {
     "EtcdStore": ".etcd",
     "EtcdLeaseStore": ".etcd_base",
+    "EtcdOptions": ".etcd_base",
     "LeaseNotFound": ".etcd_base",
     "EtcdGrpcStore": ".etcd_grpc",
     "TlsConfig": ".tls",
@@ -73,7 +74,7 @@ def grpc_available() -> bool:
 def open_store(
     backend: str,
     settings: RuntimeSettings | None = None,
-    env: Mapping[str, str] | None = None,
+    env: DiscoverySettings | Mapping[str, str] | None = None,
 ) -> KvStore:
     """Build (not yet open) the store named by ``--discovery-backend``.
 
@@ -83,21 +84,28 @@ def open_store(
     this reads ``ETCD_AUTH_USERNAME``/``ETCD_AUTH_PASSWORD``,
     ``ETCD_AUTH_CA``/``ETCD_AUTH_CLIENT_CERT``/``ETCD_AUTH_CLIENT_KEY`` (PEM
     text or paths) and ``DYN_LITE_ETCD_CLIENT`` (``gateway`` or ``grpc``) from
-    ``env`` (default: the process environment). Configuration errors raise
+    ``env``: the :class:`~dynamo_lite.config.DiscoverySettings` the worker
+    read, or an environment mapping to read both from (default: the process
+    environment, through the configuration layer). Configuration errors raise
     :class:`DiscoveryError`.
     """
-    env = os.environ if env is None else env
-    settings = settings or RuntimeSettings.from_env(env)
+    if isinstance(env, DiscoverySettings):
+        discovery = env
+        settings = settings or RuntimeSettings()
+    else:
+        source = process_environ() if env is None else env
+        discovery = DiscoverySettings.from_env(source)
+        settings = settings or RuntimeSettings.from_env(source)
     name = (backend or settings.discovery_backend or "etcd").lower()
     if name == "file":
         return FileStore(Path(settings.file_kv))
     if name == "etcd":
-        client = (env.get("DYN_LITE_ETCD_CLIENT") or "gateway").strip().lower()
+        client = discovery.etcd_client
         if client not in ETCD_CLIENTS:
             raise DiscoveryError(
                 f"DYN_LITE_ETCD_CLIENT={client!r} is not supported (gateway or grpc)"
             )
-        from .etcd_base import EtcdLeaseStore  # noqa: F401 - names the type below
+        from .etcd_base import EtcdLeaseStore, EtcdOptions  # noqa: F401 - names the type below
         from .tls import TlsConfig
 
         store_type: type[EtcdLeaseStore]
@@ -109,15 +117,16 @@ def open_store(
             from .etcd import EtcdStore
 
             store_type = EtcdStore
-        return store_type(
-            settings.etcd_endpoints,
+        options = EtcdOptions(
+            endpoints=settings.etcd_endpoints,
             ttl=settings.etcd_lease_ttl,
             startup_timeout=settings.etcd_startup_timeout,
             recover=not settings.exit_on_lease_loss,
-            username=env.get("ETCD_AUTH_USERNAME") or None,
-            password=env.get("ETCD_AUTH_PASSWORD") or None,
-            tls=TlsConfig.from_env(env),
+            username=discovery.username,
+            password=discovery.password,
+            tls=TlsConfig.from_values(discovery.tls_ca, discovery.tls_cert, discovery.tls_key),
         )
+        return store_type(options)
     if name in ("mem", "memory"):
         return MemoryStore()
     raise DiscoveryError(f"unsupported discovery backend {name!r} (etcd, file or mem)")

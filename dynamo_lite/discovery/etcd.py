@@ -25,22 +25,20 @@ import base64
 import binascii
 import logging
 import ssl
-from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import httpx
 
 from .base import DiscoveryError, DiscoveryUnavailable
 from .etcd_base import (
-    DEFAULT_ENDPOINT,
     AuthNotEnabled,
     EtcdLeaseStore,
+    EtcdOptions,
     LeaseExists,
     LeaseNotFound,
     TokenRejected,
     prefix_end,
 )
-from .tls import TlsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -92,28 +90,9 @@ def _describe(exc: BaseException) -> str:
 class EtcdStore(EtcdLeaseStore):
     """KvStore over etcd's v3 JSON gateway (see the module docstring)."""
 
-    def __init__(
-        self,
-        endpoints: Sequence[str] = (DEFAULT_ENDPOINT,),
-        *,
-        ttl: int = 30,
-        startup_timeout: float = 120.0,
-        recover: bool = True,
-        username: str | None = None,
-        password: str | None = None,
-        tls: TlsConfig | None = None,
-        request_timeout: float = 5.0,
-    ) -> None:
-        super().__init__(
-            endpoints,
-            ttl=ttl,
-            startup_timeout=startup_timeout,
-            recover=recover,
-            username=username,
-            password=password,
-            tls=tls,
-            request_timeout=request_timeout,
-        )
+    def __init__(self, options: EtcdOptions | None = None) -> None:
+        super().__init__(options)
+        tls, request_timeout = self.tls, self.request_timeout
         self._urls = [gateway_url(e, tls is not None) for e in self.endpoints]
         verify: ssl.SSLContext | bool = tls.ssl_context() if tls is not None else True
         # Our own deadlines bound each call; httpx's only guard the connect.

@@ -36,7 +36,8 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
@@ -83,28 +84,41 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\x00"
 
 
+@dataclass(frozen=True)
+class EtcdOptions:
+    """How an etcd store connects: one object for every etcd client.
+
+    ``endpoints`` are tried in turn (failover); ``ttl`` is the lease TTL
+    (at least 2 s); ``startup_timeout`` bounds the first connection;
+    ``recover`` re-grants a lost lease instead of failing; ``username`` /
+    ``password`` turn on etcd authentication, ``tls`` TLS;
+    ``request_timeout`` bounds each call.
+    """
+
+    endpoints: tuple[str, ...] = (DEFAULT_ENDPOINT,)
+    ttl: int = 30
+    startup_timeout: float = 120.0
+    recover: bool = True
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    request_timeout: float = 5.0
+
+
 class EtcdLeaseStore(KvStore):
     """Lease, keepalive, recovery, failover and auth over abstract transport ops."""
 
-    def __init__(
-        self,
-        endpoints: Sequence[str] = (DEFAULT_ENDPOINT,),
-        *,
-        ttl: int = 30,
-        startup_timeout: float = 120.0,
-        recover: bool = True,
-        username: str | None = None,
-        password: str | None = None,
-        tls: TlsConfig | None = None,
-        request_timeout: float = 5.0,
-    ) -> None:
-        cleaned = [e.strip() for e in endpoints if e and e.strip()]
+    def __init__(self, options: EtcdOptions | None = None) -> None:
+        options = options if options is not None else EtcdOptions()
+        self.options = options
+        cleaned = [e.strip() for e in options.endpoints if e and e.strip()]
         self.endpoints: list[str] = cleaned or [DEFAULT_ENDPOINT]
-        self.ttl = max(int(ttl), 2)
-        self.startup_timeout = max(float(startup_timeout), 0.0)
-        self.recover = recover
-        self.tls = tls
-        self.request_timeout = request_timeout
+        self.ttl = max(int(options.ttl), 2)
+        self.startup_timeout = max(float(options.startup_timeout), 0.0)
+        self.recover = options.recover
+        self.tls = options.tls
+        self.request_timeout = options.request_timeout
+        username, password = options.username, options.password
         self._credentials = (username, password or "") if username else None
         self._token: str | None = None
         self._auth_off = False

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 from .base import DiscoveryError, DiscoveryUnavailable
 from .etcd_base import (
-    DEFAULT_ENDPOINT,
     AuthNotEnabled,
     EtcdLeaseStore,
+    EtcdOptions,
     LeaseExists,
     LeaseNotFound,
     TokenRejected,
@@ -97,33 +97,13 @@ class _Conn:
 class EtcdGrpcStore(EtcdLeaseStore):
     """KvStore over etcd's gRPC API via ``etcd3aio`` (see the module docstring)."""
 
-    def __init__(
-        self,
-        endpoints: Sequence[str] = (DEFAULT_ENDPOINT,),
-        *,
-        ttl: int = 30,
-        startup_timeout: float = 120.0,
-        recover: bool = True,
-        username: str | None = None,
-        password: str | None = None,
-        tls: TlsConfig | None = None,
-        request_timeout: float = 5.0,
-    ) -> None:
+    def __init__(self, options: EtcdOptions | None = None) -> None:
         if _IMPORT_ERROR is not None:
             raise DiscoveryError(
                 "DYN_LITE_ETCD_CLIENT=grpc needs the 'grpc' extra "
                 f"(pip install 'dynamo-lite[grpc]', i.e. etcd3aio): {_IMPORT_ERROR}"
             )
-        super().__init__(
-            endpoints,
-            ttl=ttl,
-            startup_timeout=startup_timeout,
-            recover=recover,
-            username=username,
-            password=password,
-            tls=tls,
-            request_timeout=request_timeout,
-        )
+        super().__init__(options)
         self._targets = [grpc_target(e) for e in self.endpoints]
         # grpc.aio logs a DEBUG line per call; keep DYN_LOG=debug readable.
         chatty = logging.getLogger("grpc._cython.cygrpc")

@@ -93,8 +93,7 @@ class TlsConfig:
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> TlsConfig | None:
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str]) -> TlsConfig | None:
         return cls.from_values(
             env.get(ENV_CA, "").strip() or None,
             env.get(ENV_CERT, "").strip() or None,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +52,9 @@ __all__ = ["KvRouting", "event_plane_kind", "start_publishing"]
 DEFAULT_BLOCK_SIZE = 16
 
 
-def event_plane_kind(configured: str | None) -> str:
-    plane = (configured or os.environ.get("DYN_EVENT_PLANE") or "zmq").strip().lower()
+def event_plane_kind(configured: str | None, from_env: str | None = None) -> str:
+    """``--event-plane``, else ``DYN_EVENT_PLANE`` (``from_env``), else zmq."""
+    plane = (configured or from_env or "zmq").strip().lower()
     if plane not in ("zmq", "nats"):
         raise ValueError(f"event plane {plane!r} is not supported (zmq or nats)")
     return plane
@@ -161,10 +161,8 @@ class KvRouting:
                 await asyncio.wait_for(nc.close(), 5)
 
 
-async def _connect_nats() -> Any:
+async def _connect_nats(settings: NatsSettings) -> Any:
     import nats
-
-    settings = NatsSettings.from_env()
 
     async def on_error(exc: Exception) -> None:
         logger.warning("NATS (event plane): %s", exc)
@@ -186,6 +184,7 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
     ``server``/``advertised`` (TCP request plane) or ``nats`` are used.
     """
     cfg = worker.config
+    env = worker.env_settings
     engine = worker.engine
     routing = KvRouting(_worker=worker, _loop=asyncio.get_running_loop())
     if not cfg.enable_kv_routing:
@@ -194,16 +193,14 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
     if not sources and not ranks:
         return routing
     routing.enabled = True
-    plane = event_plane_kind(cfg.event_plane)
+    plane = event_plane_kind(cfg.event_plane, env.event_plane)
     state_ep = EndpointId(cfg.namespace, cfg.component, cfg.kv_state_endpoint or cfg.endpoint)
     instance_id: int = worker.instance_id
     if plane == "nats":
-        routing._nats = await _connect_nats()
+        routing._nats = await _connect_nats(env.nats)
     # The same rule as the request plane: bound to, and advertised as, the chosen
     # address (an interface name or a wildcard in the variable work as there).
-    bind_host, advertise = bind_and_advertise(
-        os.environ.get("DYN_EVENT_PLANE_HOST"), "DYN_EVENT_PLANE_HOST"
-    )
+    bind_host, advertise = bind_and_advertise(env.event_plane_host, "DYN_EVENT_PLANE_HOST")
 
     async def new_channel(topic: str) -> EventChannel:
         transport: EventTransport

@@ -13,7 +13,6 @@ value (``tests/unit/test_kv_codec.py`` compares them on random inputs).
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Callable, Sequence
 
@@ -220,7 +219,9 @@ def xxh3_64_pure(data: bytes, seed: int = 0) -> int:
 
 
 def _pick() -> tuple[Callable[[bytes, int], int], str]:
-    if os.environ.get(PURE_ENV, "") in ("", "0"):
+    from ..config import process_switches
+
+    if not process_switches().pure_xxh3:
         try:
             import xxhash
         except ImportError:

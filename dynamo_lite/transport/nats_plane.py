@@ -34,6 +34,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ..envparse import parse_bool, parse_float, parse_list, parse_str
 from .request_plane import Submitter
 
 logger = logging.getLogger(__name__)
@@ -55,10 +56,6 @@ def subject_for(namespace: str, component: str, endpoint: str, instance_id: int)
     return subject
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 @dataclass(frozen=True)
 class NatsSettings:
     servers: tuple[str, ...] = ("nats://localhost:4222",)
@@ -74,26 +71,19 @@ class NatsSettings:
     connect_timeout: float = 10.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> NatsSettings:
-        env = os.environ if env is None else env
-        servers = tuple(s.strip() for s in env.get("NATS_SERVER", "").split(",") if s.strip())
-        timeout_raw = env.get("NATS_STARTUP_CONNECT_TIMEOUT_SECONDS", "").strip()
-        try:
-            timeout = float(timeout_raw) if timeout_raw else 10.0
-        except ValueError:
-            timeout = 10.0
+    def from_env(cls, env: Mapping[str, str]) -> NatsSettings:
         return cls(
-            servers=servers or ("nats://localhost:4222",),
-            user=env.get("NATS_AUTH_USERNAME") or None,
-            password=env.get("NATS_AUTH_PASSWORD") or None,
-            token=env.get("NATS_AUTH_TOKEN") or None,
-            nkey_seed=env.get("NATS_AUTH_NKEY") or None,
-            credentials=env.get("NATS_AUTH_CREDENTIALS_FILE") or None,
-            tls_ca=env.get("NATS_TLS_CA_CERT_PATH") or None,
-            tls_insecure=_truthy(env.get("NATS_TLS_INSECURE")),
-            tls_cert=env.get("NATS_TLS_CLIENT_CERT_PATH") or None,
-            tls_key=env.get("NATS_TLS_CLIENT_KEY_PATH") or None,
-            connect_timeout=timeout,
+            servers=parse_list(env, "NATS_SERVER", ("nats://localhost:4222",)),
+            user=parse_str(env, "NATS_AUTH_USERNAME"),
+            password=parse_str(env, "NATS_AUTH_PASSWORD"),
+            token=parse_str(env, "NATS_AUTH_TOKEN"),
+            nkey_seed=parse_str(env, "NATS_AUTH_NKEY"),
+            credentials=parse_str(env, "NATS_AUTH_CREDENTIALS_FILE"),
+            tls_ca=parse_str(env, "NATS_TLS_CA_CERT_PATH"),
+            tls_insecure=parse_bool(env, "NATS_TLS_INSECURE", False),
+            tls_cert=parse_str(env, "NATS_TLS_CLIENT_CERT_PATH"),
+            tls_key=parse_str(env, "NATS_TLS_CLIENT_KEY_PATH"),
+            connect_timeout=parse_float(env, "NATS_STARTUP_CONNECT_TIMEOUT_SECONDS", 10.0),
         )
 
     def tls_context(self) -> ssl.SSLContext | None:
@@ -147,7 +137,8 @@ class NatsRequestPlane:
     """One NATS connection; serves endpoints by subject."""
 
     def __init__(self, settings: NatsSettings | None = None) -> None:
-        self.settings = settings or NatsSettings.from_env()
+        #: From :class:`dynamo_lite.config.Settings`; None: the defaults.
+        self.settings = settings or NatsSettings()
         self._nc: Any = None
 
     async def connect(self) -> None:

@@ -41,7 +41,7 @@ import anyio.abc
 from ..discovery import keys as dkeys
 from ..discovery.keys import EndpointId
 from ..tasks import Service, start_service
-from .nats_plane import NatsRequestPlane, subject_for
+from .nats_plane import NatsRequestPlane, NatsSettings, subject_for
 from .request_plane import RequestPlaneServer, Submitter
 
 __all__ = ["NatsPlane", "RequestPlane", "Submitter", "TcpPlane"]
@@ -155,10 +155,11 @@ def open_plane(
     frame_timeout: float,
     idle_timeout: float,
     max_connections: int,
+    nats: NatsSettings | None = None,
 ) -> RequestPlane:
     """The plane called ``name`` (``tcp`` or ``nats``); nothing is bound yet."""
     if name == "nats":
-        return NatsPlane(NatsRequestPlane())
+        return NatsPlane(NatsRequestPlane(nats))
     server = RequestPlaneServer(
         host or "0.0.0.0",
         port,

@@ -19,18 +19,15 @@ A plaintext or wrongly certified peer fails the handshake and is dropped.
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..envparse import parse_bool, parse_float, parse_str
+
 
 class TlsConfigError(ValueError):
     """The TLS variables are inconsistent or the files cannot be loaded."""
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -45,22 +42,18 @@ class TcpTls:
     handshake_timeout: float = 3.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> TcpTls:
-        env = os.environ if env is None else env
-        raw_timeout = (env.get("DYN_TCP_TLS_HANDSHAKE_TIMEOUT_SECS") or "").strip()
-        try:
-            timeout = float(raw_timeout) if raw_timeout else 3.0
-        except ValueError:
-            timeout = 3.0
+    def from_env(cls, env: Mapping[str, str]) -> TcpTls:
         return cls(
-            cert=env.get("DYN_TCP_TLS_CERT_PATH") or None,
-            key=env.get("DYN_TCP_TLS_KEY_PATH") or None,
-            client_ca=env.get("DYN_TCP_TLS_CLIENT_CA_CERT_PATH") or None,
-            ca=env.get("DYN_TCP_TLS_CA_CERT_PATH") or None,
-            client_cert=env.get("DYN_TCP_TLS_CLIENT_CERT_PATH") or None,
-            client_key=env.get("DYN_TCP_TLS_CLIENT_KEY_PATH") or None,
-            insecure=_truthy(env.get("DYN_TCP_TLS_INSECURE")),
-            handshake_timeout=timeout if timeout > 0 else 3.0,
+            cert=parse_str(env, "DYN_TCP_TLS_CERT_PATH"),
+            key=parse_str(env, "DYN_TCP_TLS_KEY_PATH"),
+            client_ca=parse_str(env, "DYN_TCP_TLS_CLIENT_CA_CERT_PATH"),
+            ca=parse_str(env, "DYN_TCP_TLS_CA_CERT_PATH"),
+            client_cert=parse_str(env, "DYN_TCP_TLS_CLIENT_CERT_PATH"),
+            client_key=parse_str(env, "DYN_TCP_TLS_CLIENT_KEY_PATH"),
+            insecure=parse_bool(env, "DYN_TCP_TLS_INSECURE", False),
+            handshake_timeout=parse_float(
+                env, "DYN_TCP_TLS_HANDSHAKE_TIMEOUT_SECS", 3.0, allow_zero=False
+            ),
         )
 
     @property

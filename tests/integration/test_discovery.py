@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dynamo_lite.discovery import EndpointId, EtcdStore, FileStore, MemoryStore, keys
+from dynamo_lite.discovery import EndpointId, EtcdOptions, EtcdStore, FileStore, MemoryStore, keys
 from dynamo_lite.discovery import file as file_mod
 from tests.support.services import EtcdServer
 
@@ -123,7 +123,7 @@ def _lease_ttl(etcd: EtcdServer, lease: int) -> int:
 
 @pytest.mark.anyio
 async def test_etcd_store_lease_keys_and_revoke(etcd: EtcdServer) -> None:
-    store = EtcdStore([etcd.endpoint], ttl=10)
+    store = EtcdStore(EtcdOptions((etcd.endpoint,), ttl=10))
     lease = await store.open()
     assert lease > 0
     ep = EndpointId("dynamo", "sample", "generate")
@@ -132,7 +132,7 @@ async def test_etcd_store_lease_keys_and_revoke(etcd: EtcdServer) -> None:
     assert (await store.list("v1/")).keys() == {ep.mdc_key(lease), ep.instance_key(lease)}
     assert 0 < _lease_ttl(etcd, lease) <= 10
     await store.close()
-    other = EtcdStore([etcd.endpoint])
+    other = EtcdStore(EtcdOptions((etcd.endpoint,)))
     assert await other.list("v1/") == {}
     assert _lease_ttl(etcd, lease) == -1
     await other.close()
@@ -142,7 +142,7 @@ async def test_etcd_store_lease_keys_and_revoke(etcd: EtcdServer) -> None:
 async def test_etcd_keepalive_and_recovery_after_empty_restart(etcd: EtcdServer) -> None:
     import anyio
 
-    store = EtcdStore([etcd.endpoint], ttl=2)
+    store = EtcdStore(EtcdOptions((etcd.endpoint,), ttl=2))
     recovered: list[str] = []
 
     async def on_recovered(reason: str) -> None:
@@ -170,7 +170,7 @@ async def test_etcd_unreachable_at_startup_is_bounded() -> None:
     from dynamo_lite.discovery import DiscoveryUnavailable
     from tests.support.ports import free_port
 
-    store = EtcdStore([f"http://127.0.0.1:{free_port()}"], startup_timeout=1.5)
+    store = EtcdStore(EtcdOptions((f"http://127.0.0.1:{free_port()}",), startup_timeout=1.5))
     # The bound only catches a store that keeps retrying past its startup timeout.
     with anyio.fail_after(30), pytest.raises(DiscoveryUnavailable):
         await store.open()
@@ -181,6 +181,6 @@ async def test_etcd_unreachable_at_startup_is_bounded() -> None:
 async def test_etcd_endpoint_failover(etcd: EtcdServer) -> None:
     from tests.support.ports import free_port
 
-    store = EtcdStore([f"http://127.0.0.1:{free_port()}", etcd.endpoint], ttl=5)
+    store = EtcdStore(EtcdOptions((f"http://127.0.0.1:{free_port()}", etcd.endpoint), ttl=5))
     assert await store.open() > 0
     await store.close()

@@ -36,6 +36,7 @@ from dynamo_lite.discovery import (
     DiscoveryUnavailable,
     EtcdGrpcStore,
     EtcdLeaseStore,
+    EtcdOptions,
     EtcdStore,
     FileStore,
     KvStore,
@@ -77,7 +78,7 @@ def store_type(impl: str) -> type[EtcdLeaseStore]:
 
 def make_store(impl: str, endpoints: list[str], **kwargs: Any) -> EtcdLeaseStore:
     kwargs.setdefault("startup_timeout", 5.0)
-    return store_type(impl)(endpoints, **kwargs)
+    return store_type(impl)(EtcdOptions(tuple(endpoints), **kwargs))
 
 
 @asynccontextmanager
@@ -370,7 +371,7 @@ async def test_gateway_garbage_reply_is_a_discovery_error() -> None:
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     async with anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, answer)
-        store = EtcdStore([f"http://{LOOPBACK}:{port}"], startup_timeout=1)
+        store = EtcdStore(EtcdOptions((f"http://{LOOPBACK}:{port}",), startup_timeout=1))
         with pytest.raises(DiscoveryError) as info:
             await store.list("v1/instances/")
         assert not isinstance(info.value, DiscoveryUnavailable)

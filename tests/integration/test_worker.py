@@ -18,8 +18,10 @@ from dynamo_lite import (
     GenerateRequest,
     InvalidArgument,
     RuntimeSettings,
+    Settings,
     Worker,
     WorkerConfig,
+    serve,
 )
 from dynamo_lite.client import Rejected, RemoteError
 from dynamo_lite.discovery import MemoryStore
@@ -340,3 +342,34 @@ async def test_requests_during_grace_are_served_then_unavailable(model_dir: Path
             await h.client.generate({"token_ids": [1]}, instance=instance)
         assert err.value.reply.startswith("Server unavailable: ")
         await long.cancel()
+
+
+async def test_settings_given_as_a_mapping_configure_every_part(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The process environment says otherwise: the given settings must win everywhere.
+    monkeypatch.setenv("DYN_SYSTEM_LIVE_PATH", "/wrong")
+    monkeypatch.setenv("DYN_ENGINE_REQUEST_LIMIT", "99")
+    monkeypatch.setenv("DYN_LITE_STREAM_DEBUG", "0")
+    engine = ScriptedEngine()
+    engine.model = str(model_dir)
+    config = WorkerConfig(namespace="dynamo", model_name=str(model_dir), discovery_backend="mem")
+    env = {
+        "DYN_TCP_RPC_HOST": "127.0.0.1",
+        "DYN_SYSTEM_HOST": "127.0.0.1",
+        "DYN_SYSTEM_PORT": "0",
+        "DYN_SYSTEM_LIVE_PATH": "/alive",
+        "DYN_ENGINE_REQUEST_LIMIT": "2",
+        "DYN_LITE_STREAM_DEBUG": "1",
+        "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS": "0",
+    }
+    async with serve(
+        engine, config, settings=env, store=MemoryStore(uuid.uuid4().hex), handle_signals=False
+    ) as worker:
+        assert worker.env_settings == Settings.from_env(env)
+        assert worker.settings.system_port == 0 and worker.settings.grace_period == 0.0
+        assert worker.system_server is not None
+        assert "/alive" in worker.system_server.routes
+        assert "/wrong" not in worker.system_server.routes
+        assert worker.endpoint.engine_gate.limit == 2
+        assert worker.endpoint.stream_debug is True

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dynamo_lite.client import Client
-from dynamo_lite.discovery import EtcdStore, FileStore
+from dynamo_lite.discovery import EtcdOptions, EtcdStore, FileStore
 
 pytestmark = [pytest.mark.interop, pytest.mark.anyio]
 
@@ -28,7 +28,7 @@ async def test_client_streams_and_cancels_against_the_stock_worker(
         stock_sample_worker(
             tiny_model, discovery="etcd", etcd_endpoint=etcd.endpoint, env=FAST_EXIT
         )
-        store: Any = EtcdStore([etcd.endpoint])
+        store: Any = EtcdStore(EtcdOptions((etcd.endpoint,)))
     else:
         kv = tmp_path / "kv"
         stock_sample_worker(tiny_model, discovery="file", file_kv=kv, env=FAST_EXIT)

@@ -17,9 +17,9 @@ import pytest
 from dynamo_lite.admission import EngineGate
 from dynamo_lite.client import Client, Rejected
 from dynamo_lite.discovery import FileStore
+from tests.interop.test_engine_routes_interop import free_system_port
 from tests.support.lite import REPO, worker_env
 from tests.support.services import ManagedProcess
-from tests.interop.test_engine_routes_interop import free_system_port
 
 pytestmark = pytest.mark.anyio
 

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.interop.test_engine_routes_interop import free_system_port
 from tests.support.lite import REPO, worker_env
 from tests.support.services import ManagedProcess
-from tests.interop.test_engine_routes_interop import free_system_port
 
 pytestmark = pytest.mark.interop
 

@@ -22,6 +22,7 @@ __all__ = [
     "DiscoveryError",
     "DiscoveryUnavailable",
     "EndpointId",
+    "EtcdClientTls",
     "EtcdGrpcStore",
     "EtcdLeaseStore",
     "EtcdOptions",
@@ -30,7 +31,6 @@ __all__ = [
     "KvStore",
     "LeaseNotFound",
     "MemoryStore",
-    "TlsConfig",
     "grpc_available",
     "open_store",
 ]
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .etcd import EtcdStore
     from .etcd_base import EtcdLeaseStore, EtcdOptions, LeaseNotFound
     from .etcd_grpc import EtcdGrpcStore
-    from .tls import TlsConfig
+    from .tls import EtcdClientTls
 
 ETCD_CLIENTS = ("gateway", "grpc")
 
@@ -50,7 +50,7 @@ _LAZY = {
     "EtcdOptions": ".etcd_base",
     "LeaseNotFound": ".etcd_base",
     "EtcdGrpcStore": ".etcd_grpc",
-    "TlsConfig": ".tls",
+    "EtcdClientTls": ".tls",
 }
 
 
@@ -106,7 +106,7 @@ def open_store(
                 f"DYN_LITE_ETCD_CLIENT={client!r} is not supported (gateway or grpc)"
             )
         from .etcd_base import EtcdLeaseStore, EtcdOptions  # noqa: F401 - names the type below
-        from .tls import TlsConfig
+        from .tls import EtcdClientTls
 
         store_type: type[EtcdLeaseStore]
         if client == "grpc":
@@ -124,7 +124,7 @@ def open_store(
             recover=not settings.exit_on_lease_loss,
             username=discovery.username,
             password=discovery.password,
-            tls=TlsConfig.from_values(discovery.tls_ca, discovery.tls_cert, discovery.tls_key),
+            tls=EtcdClientTls.from_values(discovery.tls_ca, discovery.tls_cert, discovery.tls_key),
         )
         return store_type(options)
     if name in ("mem", "memory"):

@@ -44,7 +44,7 @@ import anyio
 import anyio.abc
 
 from .base import DiscoveryError, DiscoveryUnavailable, KvStore
-from .tls import TlsConfig
+from .tls import EtcdClientTls
 
 logger = logging.getLogger("dynamo_lite.discovery.etcd")
 
@@ -101,7 +101,7 @@ class EtcdOptions:
     recover: bool = True
     username: str | None = None
     password: str | None = None
-    tls: TlsConfig | None = None
+    tls: EtcdClientTls | None = None
     request_timeout: float = 5.0
 
 

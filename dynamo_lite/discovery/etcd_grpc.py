@@ -39,7 +39,7 @@ from .etcd_base import (
     TokenRejected,
     prefix_end,
 )
-from .tls import TlsConfig
+from .tls import EtcdClientTls
 
 try:
     import grpc
@@ -120,7 +120,7 @@ class EtcdGrpcStore(EtcdLeaseStore):
         target, https = self._targets[ep]
         try:
             if self.tls is not None or https:
-                tls = self.tls or TlsConfig()
+                tls = self.tls or EtcdClientTls()
                 creds = grpc.ssl_channel_credentials(
                     root_certificates=tls.ca.data if tls.ca else None,
                     private_key=tls.key.data if tls.key else None,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .base import DiscoveryError
 
-__all__ = ["Pem", "TlsConfig"]
+__all__ = ["EtcdClientTls", "Pem"]
 
 ENV_CA = "ETCD_AUTH_CA"
 ENV_CERT = "ETCD_AUTH_CLIENT_CERT"
@@ -61,7 +61,7 @@ class Pem:
 
 
 @dataclass(frozen=True)
-class TlsConfig:
+class EtcdClientTls:
     """CA to verify etcd with (``None``: the system store) and an optional
     client certificate and key for mutual TLS."""
 
@@ -81,7 +81,7 @@ class TlsConfig:
         ca: str | bytes | os.PathLike[str] | None = None,
         cert: str | bytes | os.PathLike[str] | None = None,
         key: str | bytes | os.PathLike[str] | None = None,
-    ) -> TlsConfig | None:
+    ) -> EtcdClientTls | None:
         """Each value is PEM text or a path; ``None``/empty means unset. Returns
         ``None`` when nothing is set."""
         if not ca and not cert and not key:
@@ -93,7 +93,7 @@ class TlsConfig:
         )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> TlsConfig | None:
+    def from_env(cls, env: Mapping[str, str]) -> EtcdClientTls | None:
         return cls.from_values(
             env.get(ENV_CA, "").strip() or None,
             env.get(ENV_CERT, "").strip() or None,

@@ -133,7 +133,7 @@ class NatsSettings:
         return opts
 
 
-class NatsRequestPlane:
+class NatsRequestServer:
     """One NATS connection; serves endpoints by subject."""
 
     def __init__(self, settings: NatsSettings | None = None) -> None:

@@ -41,7 +41,7 @@ import anyio.abc
 from ..discovery import keys as dkeys
 from ..discovery.keys import EndpointId
 from ..tasks import Service, start_service
-from .nats_plane import NatsRequestPlane, NatsSettings, subject_for
+from .nats_plane import NatsRequestServer, NatsSettings, subject_for
 from .request_plane import RequestPlaneServer, Submitter
 
 __all__ = ["NatsPlane", "RequestPlane", "Submitter", "TcpPlane"]
@@ -112,7 +112,7 @@ class NatsPlane:
 
     name = "nats"
 
-    def __init__(self, nats: NatsRequestPlane) -> None:
+    def __init__(self, nats: NatsRequestServer) -> None:
         self.nats = nats
         self._subscriptions: list[Service] = []
 
@@ -159,7 +159,7 @@ def open_plane(
 ) -> RequestPlane:
     """The plane called ``name`` (``tcp`` or ``nats``); nothing is bound yet."""
     if name == "nats":
-        return NatsPlane(NatsRequestPlane(nats))
+        return NatsPlane(NatsRequestServer(nats))
     server = RequestPlaneServer(
         host or "0.0.0.0",
         port,

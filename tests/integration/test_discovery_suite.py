@@ -34,13 +34,13 @@ from dynamo_lite.config import RuntimeSettings
 from dynamo_lite.discovery import (
     DiscoveryError,
     DiscoveryUnavailable,
+    EtcdClientTls,
     EtcdGrpcStore,
     EtcdLeaseStore,
     EtcdOptions,
     EtcdStore,
     FileStore,
     KvStore,
-    TlsConfig,
     grpc_available,
     keys,
     open_store,
@@ -455,8 +455,8 @@ async def test_tls_with_ca_and_client_certificate(
 ) -> None:
     assert etcd_tls.endpoint.startswith("https://")
     prefix = unique_prefix()
-    as_paths = TlsConfig.from_values(pki.ca, pki.client_cert, pki.client_key)
-    as_text = TlsConfig.from_values(
+    as_paths = EtcdClientTls.from_values(pki.ca, pki.client_cert, pki.client_key)
+    as_text = EtcdClientTls.from_values(
         pki.ca.read_text(), pki.client_cert.read_text(), pki.client_key.read_text()
     )
     assert as_paths is not None and as_text is not None
@@ -472,7 +472,7 @@ async def test_tls_with_ca_and_client_certificate(
         assert etcd_keys(etcd_tls, prefix) == {}
 
     # The server insists on a client certificate.
-    ca_only = TlsConfig.from_values(pki.ca)
+    ca_only = EtcdClientTls.from_values(pki.ca)
     store = make_store(impl, [etcd_tls.endpoint], tls=ca_only, startup_timeout=1)
     with pytest.raises(DiscoveryUnavailable):
         await store.open()
@@ -515,7 +515,7 @@ def test_open_store_reads_the_etcd_environment(tmp_path: Path) -> None:
     }
     # Certificates are only parsed when a connection is made (gRPC) or an SSL
     # context is built (gateway), so check the parsed config directly.
-    tls = TlsConfig.from_env(env)
+    tls = EtcdClientTls.from_env(env)
     assert tls is not None and tls.ca is not None and tls.cert is not None
     assert tls.ca.path is None and tls.ca.data.startswith(b"-----BEGIN CERTIFICATE-----\nAAAA")
     assert tls.key is not None and tls.key.path == key
@@ -533,11 +533,11 @@ def test_open_store_reads_the_etcd_environment(tmp_path: Path) -> None:
     with pytest.raises(DiscoveryError, match="DYN_LITE_ETCD_CLIENT"):
         open_store("etcd", None, {"DYN_LITE_ETCD_CLIENT": "carrier-pigeon"})
     with pytest.raises(DiscoveryError, match="both"):
-        TlsConfig.from_values(None, env["ETCD_AUTH_CLIENT_CERT"], None)
+        EtcdClientTls.from_values(None, env["ETCD_AUTH_CLIENT_CERT"], None)
     with pytest.raises(DiscoveryError, match="cannot read"):
-        TlsConfig.from_values(tmp_path / "missing.pem")
+        EtcdClientTls.from_values(tmp_path / "missing.pem")
     with pytest.raises(DiscoveryError, match="unusable"):
-        TlsConfig.from_env(env).ssl_context()  # type: ignore[union-attr]
+        EtcdClientTls.from_env(env).ssl_context()  # type: ignore[union-attr]
     if grpc_available():
         grpc_env = {**plain, "DYN_LITE_ETCD_CLIENT": "GRPC"}
         store = open_store("etcd", RuntimeSettings.from_env(grpc_env), grpc_env)

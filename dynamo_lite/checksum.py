@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -151,6 +150,8 @@ def _valid_checksum(value: str) -> bool:
 
 def _store_disk(cache: Path, key: str, checksum: str) -> None:
     """Add one entry; best effort, never raises for I/O problems."""
+    import tempfile  # only on a cache miss: it loads shutil, random, bz2 and lzma
+
     entries = _load_disk(cache)
     entries.pop(key, None)
     entries[key] = checksum  # re-insert so it counts as the newest

@@ -14,7 +14,6 @@ import enum
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,6 +292,13 @@ ENV_VARS = frozenset(
 )
 
 
+def _default_file_kv() -> Path:
+    # tempfile only here: at import it would load shutil, random, bz2 and lzma.
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "dynamo_store_kv"
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Operator settings read from the environment (stock variable names)."""
@@ -301,7 +307,7 @@ class RuntimeSettings:
     etcd_endpoints: tuple[str, ...] = ("http://localhost:2379",)
     etcd_lease_ttl: int = 30
     etcd_startup_timeout: float = 120.0
-    file_kv: Path = Path(tempfile.gettempdir()) / "dynamo_store_kv"
+    file_kv: Path = field(default_factory=_default_file_kv)
     tcp_host: str | None = None
     tcp_port: int = 0
     max_message_size: int = 33_554_432
@@ -365,7 +371,7 @@ class RuntimeSettings:
             etcd_endpoints=endpoints,
             etcd_lease_ttl=max(_int_env(env, "ETCD_LEASE_TTL", 30), 2),
             etcd_startup_timeout=_float_env(env, "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS", 120.0),
-            file_kv=Path(env.get("DYN_FILE_KV") or Path(tempfile.gettempdir()) / "dynamo_store_kv"),
+            file_kv=Path(env.get("DYN_FILE_KV") or _default_file_kv()),
             tcp_host=env.get("DYN_TCP_RPC_HOST") or None,
             tcp_port=_int_env(env, "DYN_TCP_RPC_PORT", 0),
             max_message_size=_int_env(env, "DYN_TCP_MAX_MESSAGE_SIZE", 33_554_432),

@@ -20,7 +20,6 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import endpoint_client, model_cards
 from .admission import EngineGate
 from .canary import HealthMonitor, HealthSettings, resolve_payload
 from .config import DisaggregationMode, ModelInput, RuntimeSettings, WorkerConfig
@@ -693,9 +692,15 @@ class Worker:
         await self.kv.close()
         if self.registration is not None:
             await self.registration.withdraw_card()
-        if self._store is not None:
+        # Both modules load on first use (they set these attributes), not here.
+        if self._store is not None and getattr(self, "_engine_cards", None):
+            from . import model_cards
+
             await model_cards.withdraw_all(self)  # LoRA cards the engine published
-        await endpoint_client.close_all(self)  # clients from endpoint.client()
+        if getattr(self, "_endpoint_clients", None):
+            from . import endpoint_client
+
+            await endpoint_client.close_all(self)  # clients from endpoint.client()
         await self._stop_service("discovery keepalive")
         if self._store is not None:
             try:

@@ -42,6 +42,11 @@ def make_model(python: str, root: Path) -> None:
             capture_output=True,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
+    # Backdated as bench/run.py does: the checksum cache skips files modified
+    # in the last two seconds, and models are not written right before a start.
+    old = time.time() - 3600
+    for f in root.iterdir():
+        os.utime(f, (old, old))
 
 
 def start(

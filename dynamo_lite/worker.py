@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import nullcontext
@@ -50,7 +51,6 @@ from .registration import Registration, build_model_card
 from .signals import Watchdog, captured_signals
 from .system_server import Health, SystemServer
 from .tasks import Service, start_service
-from .transport.nats_plane import NatsError
 from .transport.planes import RequestPlane, TcpPlane, open_plane
 from .transport.tls import TcpTls, TlsConfigError
 
@@ -430,7 +430,7 @@ class Worker:
             self.store.on_recovered = self._on_lease_recovered
             self.instance_id = await self.store.open()
             await self._start_service("discovery keepalive", self.store.keep_alive)
-        except (DiscoveryError, NatsError, OSError) as exc:
+        except _connect_errors() as exc:
             raise DiscoveryUnreachable(str(exc)) from exc
         logger.debug(
             "distributed runtime connected backend=%s instance_id=%x",
@@ -708,6 +708,15 @@ class Worker:
             except DiscoveryError as exc:
                 logger.warning("discovery close failed error=%s", exc)
         await self._stop_service("system server")
+
+
+def _connect_errors() -> tuple[type[Exception], ...]:
+    """What makes discovery or the request plane unreachable at startup."""
+    # NatsError exists only once the NATS plane was imported (which raises it):
+    # a worker on the TCP plane never loads that module.
+    module = sys.modules.get("dynamo_lite.transport.nats_plane")
+    nats: tuple[type[Exception], ...] = (module.NatsError,) if module is not None else ()
+    return (DiscoveryError, OSError, *nats)
 
 
 def _cancel_all(scopes: set[anyio.CancelScope]) -> None:

@@ -33,6 +33,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from procs import LOOPBACK, Proc, loopback_env, rss_kib, stop_all  # noqa: E402
 
+#: Extra environment for the dynamo_lite worker (``--env NAME=VALUE``).
+LITE_ENV: dict[str, str | None] = {}
+
 
 def make_model(python: str, root: Path) -> None:
     if not (root / "tokenizer.json").exists():
@@ -63,7 +66,7 @@ def start(
         env_extra: dict[str, str | None] = {}
     else:
         argv = [python, *(wrap or []), str(REPO / "examples" / "sample_engine.py"), *flags]
-        env_extra = {"PYTHONPATH": str(REPO)}
+        env_extra = {"PYTHONPATH": str(REPO), **LITE_ENV}
     home = work / f"home-{kind}"
     home.mkdir(exist_ok=True)
     env = loopback_env(home, DYN_FILE_KV=str(kv), **env_extra)
@@ -126,8 +129,12 @@ def main() -> int:
     )
     ap.add_argument("--lite-python", default=sys.executable)
     ap.add_argument("--lite-only", action="store_true")
+    ap.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE for the dynamo_lite worker"
+    )
     ap.add_argument("--modules", action="store_true", help="list what a started worker imported")
     a = ap.parse_args()
+    LITE_ENV.update(item.split("=", 1) for item in a.env)
     kinds = {"lite": a.lite_python}
     stock_python = str(Path(a.stock_venv) / "bin" / "python")
     if not a.lite_only and not a.modules:

@@ -45,7 +45,6 @@ import asyncio
 import copy
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -286,6 +285,8 @@ class HealthMonitor:
         return verdict
 
     async def _first_item(self, request: dict[str, Any]) -> tuple[str, str]:
+        import uuid
+
         ctx = Context(f"health-check-{uuid.uuid4()}")
         try:
             agen: AsyncGenerator[Any, None] = self.engine.generate(request, ctx)  # type: ignore[attr-defined]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -163,7 +162,9 @@ def _store_disk(cache: Path, key: str, checksum: str) -> None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         # Write a sibling temp file and rename it over the cache, so readers
         # (other processes included) never see a half-written file.
-        fd, tmp = tempfile.mkstemp(prefix=".checksums-", suffix=".tmp", dir=cache.parent)
+        # (mkstemp's way, without tempfile: it loads shutil, random, bz2 and lzma)
+        tmp = str(cache.parent / f".checksums-{os.urandom(8).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, cache)

@@ -25,7 +25,6 @@ import dataclasses
 import enum
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,6 +299,13 @@ ENV_VARS = frozenset(
 )
 
 
+def _default_file_kv() -> Path:
+    # tempfile only here: at import it would load shutil, random, bz2 and lzma.
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "dynamo_store_kv"
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     """Operator settings read from the environment (stock variable names)."""
@@ -308,7 +314,7 @@ class RuntimeSettings:
     etcd_endpoints: tuple[str, ...] = ("http://localhost:2379",)
     etcd_lease_ttl: int = 30
     etcd_startup_timeout: float = 120.0
-    file_kv: Path = Path(tempfile.gettempdir()) / "dynamo_store_kv"
+    file_kv: Path = field(default_factory=_default_file_kv)
     tcp_host: str | None = None
     tcp_port: int = 0
     max_message_size: int = 33_554_432
@@ -342,13 +348,12 @@ class RuntimeSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RuntimeSettings:
-        default_kv = Path(tempfile.gettempdir()) / "dynamo_store_kv"
         return cls(
             discovery_backend=parse_str(env, "DYN_DISCOVERY_BACKEND"),
             etcd_endpoints=parse_list(env, "ETCD_ENDPOINTS", ("http://localhost:2379",)),
             etcd_lease_ttl=max(parse_int(env, "ETCD_LEASE_TTL", 30), 2),
             etcd_startup_timeout=parse_float(env, "ETCD_STARTUP_CONNECT_TIMEOUT_SECONDS", 120.0),
-            file_kv=Path(parse_str(env, "DYN_FILE_KV") or default_kv),
+            file_kv=Path(parse_str(env, "DYN_FILE_KV") or _default_file_kv()),
             tcp_host=parse_str(env, "DYN_TCP_RPC_HOST"),
             tcp_port=parse_port(env, "DYN_TCP_RPC_PORT", 0),
             max_message_size=parse_int(env, "DYN_TCP_MAX_MESSAGE_SIZE", 33_554_432, minimum=1),

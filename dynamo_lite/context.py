@@ -10,7 +10,6 @@ awaiting :meth:`Context.stopped`.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +77,11 @@ class Context:
         *,
         trace_headers: dict[str, str] | None = None,
     ) -> None:
-        self._id = id if id is not None else str(uuid.uuid4())
+        if id is None:
+            import uuid  # here: it loads platform and _uuid, unused by most workers
+
+            id = str(uuid.uuid4())
+        self._id = id
         self._metadata = ContextMetadata(metadata)
         self._stopped = False
         self._killed = False

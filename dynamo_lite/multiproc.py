@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import tempfile
 
 __all__ = ["bridge_global_registry", "ensure_prometheus_multiproc_dir"]
 
@@ -45,6 +47,8 @@ def ensure_prometheus_multiproc_dir(prefix: str) -> tempfile.TemporaryDirectory[
             logger.warning("%s=%s does not exist, recreating", ENV, preset)
             os.makedirs(preset, exist_ok=True)
         return None
+    import tempfile  # here: it loads shutil, random, bz2 and lzma
+
     owned = tempfile.TemporaryDirectory(prefix=prefix)
     os.environ[ENV] = owned.name
     logger.debug("Created %s at: %s", ENV, owned.name)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import nullcontext
@@ -20,7 +21,6 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import endpoint_client, model_cards
 from .admission import EngineGate
 from .canary import HealthMonitor, resolve_payload
 from .card import served_model_name
@@ -61,7 +61,6 @@ from .signals import Watchdog, captured_signals
 from .stats import WorkerStats
 from .system_server import HealthStatus, SystemServer
 from .tasks import Service, start_service
-from .transport.nats_plane import NatsError
 from .transport.planes import RequestPlane, TcpPlane, open_plane
 from .transport.tls import TlsConfigError
 
@@ -465,7 +464,7 @@ class Worker:
             self.instance_id = self.stats.instance_id = await self.store.open()
             self.stats.lease_renewals = _renewals_of(self.store)
             await self._start_service("discovery keepalive", self.store.keep_alive)
-        except (DiscoveryError, NatsError, OSError) as exc:
+        except _connect_errors() as exc:
             raise DiscoveryUnreachable(str(exc)) from exc
         logger.debug(
             "distributed runtime connected backend=%s instance_id=%x",
@@ -739,9 +738,15 @@ class Worker:
         await self.kv.close()
         if self.registration is not None:
             await self.registration.withdraw_card()
-        if self._store is not None:
+        # Both modules load on first use (they set these attributes), not here.
+        if self._store is not None and getattr(self, "_engine_cards", None):
+            from . import model_cards
+
             await model_cards.withdraw_all(self)  # LoRA cards the engine published
-        await endpoint_client.close_all(self)  # clients from endpoint.client()
+        if getattr(self, "_endpoint_clients", None):
+            from . import endpoint_client
+
+            await endpoint_client.close_all(self)  # clients from endpoint.client()
         await self._stop_service("discovery keepalive")
         if self._store is not None:
             try:
@@ -749,6 +754,15 @@ class Worker:
             except DiscoveryError as exc:
                 logger.warning("discovery close failed error=%s", exc)
         await self._stop_service("system server")
+
+
+def _connect_errors() -> tuple[type[Exception], ...]:
+    """What makes discovery or the request plane unreachable at startup."""
+    # NatsError exists only once the NATS plane was imported (which raises it):
+    # a worker on the TCP plane never loads that module.
+    module = sys.modules.get("dynamo_lite.transport.nats_plane")
+    nats: tuple[type[Exception], ...] = (module.NatsError,) if module is not None else ()
+    return (DiscoveryError, OSError, *nats)
 
 
 def _cancel_all(scopes: set[anyio.CancelScope]) -> None:

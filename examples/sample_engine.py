@@ -35,7 +35,6 @@ import logging
 import os
 import queue
 import threading
-import uuid
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -294,6 +293,8 @@ class SampleLLMEngine(LLMEngine):
 
     async def _encode_multimodal(self, request: GenerateRequest) -> dict[str, Any]:
         """A synthetic encoder handoff: a fresh handle plus the multimodal inputs."""
+        import uuid  # here, not at import: it loads platform
+
         await asyncio.sleep(self.delay)
         return {
             "handle": f"{ENCODER_HANDLE_PREFIX}{uuid.uuid4().hex}",
@@ -380,6 +381,8 @@ class SampleLLMEngine(LLMEngine):
         chunk["finish_reason"] = "length"
         chunk["completion_usage"] = _usage(prompt_len, max_new)
         if self.disaggregation_mode is DisaggregationMode.PREFILL:
+            import uuid
+
             chunk["disaggregated_params"] = {
                 "sample_handle": uuid.uuid4().hex,
                 "completed_tokens": [token],

@@ -25,7 +25,6 @@ import atexit
 import contextlib
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -42,6 +41,11 @@ TOUCH_INTERVAL = max(FILE_TTL / 3, 1.0)
 
 # Strong references: a store dropped without close() must still be cleaned up.
 _OPEN_STORES: set[FileStore] = set()
+
+
+def random_instance_id() -> int:
+    """A random non-zero id below 2**63 (what ``secrets.randbits(63) or 1`` gives)."""
+    return (int.from_bytes(os.urandom(8), "big") >> 1) or 1
 
 
 @atexit.register
@@ -61,8 +65,9 @@ class FileStore(KvStore):
         touch_interval: float | None = None,
     ) -> None:
         self.root = Path(root)
-        # Random ids below 2**63 stay exact in every JSON reader.
-        self._id = instance_id if instance_id is not None else secrets.randbits(63) or 1
+        # Random ids below 2**63 stay exact in every JSON reader. os.urandom,
+        # not secrets: secrets loads hmac and OpenSSL's hashlib (≈ 0.6 MiB).
+        self._id = instance_id if instance_id is not None else random_instance_id()
         self.reap = reap
         self.ttl = float(ttl)
         if touch_interval is None:
@@ -97,7 +102,7 @@ class FileStore(KvStore):
             path = self.path_for(key)
         except ValueError as exc:
             raise DiscoveryError(str(exc)) from exc
-        tmp = path.parent / f".tmp_{secrets.token_hex(8)}"
+        tmp = path.parent / f".tmp_{os.urandom(8).hex()}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import ClassVar
 
 from .base import KvStore
+from .file import random_instance_id
 
 
 class MemoryStore(KvStore):
@@ -13,7 +13,7 @@ class MemoryStore(KvStore):
 
     def __init__(self, space: str = "default", *, instance_id: int | None = None) -> None:
         self._data = self._spaces.setdefault(space, {})
-        self._id = instance_id if instance_id is not None else secrets.randbits(63) or 1
+        self._id = instance_id if instance_id is not None else random_instance_id()
         self._owned: set[str] = set()
 
     @property

@@ -15,7 +15,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-import secrets
+import os
 import time
 from typing import Any, Protocol
 
@@ -38,7 +38,8 @@ __all__ = [
 
 
 def new_publisher_id() -> int:
-    return secrets.randbits(53) or 1
+    # os.urandom, not secrets (which loads hmac and OpenSSL's hashlib).
+    return (int.from_bytes(os.urandom(7), "big") >> 3) or 1
 
 
 def scope(ep: EndpointId) -> dict[str, Any]:

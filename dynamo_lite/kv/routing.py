@@ -23,27 +23,22 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import DisaggregationMode
 from ..discovery import DiscoveryError, EndpointId
 from ..discovery import keys as dkeys
 from ..engine import PushSource, ZmqSource
-from ..netaddr import bind_and_advertise
 from ..protocol import kv_events as kve
-from ..transport.nats_plane import NatsError, NatsSettings
-from .channels import (
-    EventChannel,
-    EventTransport,
-    NatsEventTransport,
-    ZmqEventTransport,
-    scope,
-    source_key,
-    subject_prefix,
-)
-from .publisher import KvEventPublisher, LocalIndexer
-from .query import KvQueryEndpoint, query_endpoint_name
-from .relay import ZmqRelay
+
+# The event plane (ZMQ/NATS transports, publisher, indexer, relay) is imported
+# by start_publishing once KV routing is on: a worker with it off never loads it.
+if TYPE_CHECKING:
+    from ..transport.nats_plane import NatsSettings
+    from .channels import EventChannel
+    from .publisher import KvEventPublisher, LocalIndexer
+    from .query import KvQueryEndpoint
+    from .relay import ZmqRelay
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +159,8 @@ class KvRouting:
 async def _connect_nats(settings: NatsSettings) -> Any:
     import nats
 
+    from ..transport.nats_plane import NatsError
+
     async def on_error(exc: Exception) -> None:
         logger.warning("NATS (event plane): %s", exc)
 
@@ -192,6 +189,20 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
     sources = list(await engine.kv_event_sources()) if hasattr(engine, "kv_event_sources") else []
     if not sources and not ranks:
         return routing
+    from ..netaddr import bind_and_advertise
+    from .channels import (
+        EventChannel,
+        EventTransport,
+        NatsEventTransport,
+        ZmqEventTransport,
+        scope,
+        source_key,
+        subject_prefix,
+    )
+    from .publisher import KvEventPublisher, LocalIndexer
+    from .query import KvQueryEndpoint, query_endpoint_name
+    from .relay import ZmqRelay
+
     routing.enabled = True
     plane = event_plane_kind(cfg.event_plane, env.event_plane)
     state_ep = EndpointId(cfg.namespace, cfg.component, cfg.kv_state_endpoint or cfg.endpoint)

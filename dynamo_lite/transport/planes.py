@@ -34,15 +34,17 @@ message.
 from __future__ import annotations
 
 import ssl
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio.abc
 
 from ..discovery import keys as dkeys
 from ..discovery.keys import EndpointId
 from ..tasks import Service, start_service
-from .nats_plane import NatsRequestServer, NatsSettings, subject_for
 from .request_plane import RequestPlaneServer, Submitter
+
+if TYPE_CHECKING:  # the NATS plane is imported only when chosen
+    from .nats_plane import NatsRequestServer, NatsSettings
 
 __all__ = ["NatsPlane", "RequestPlane", "Submitter", "TcpPlane"]
 
@@ -126,6 +128,8 @@ class NatsPlane:
         instance_id: int,
         submitter: Submitter,
     ) -> dict[str, str]:
+        from .nats_plane import subject_for
+
         e = endpoint_id
         subject = subject_for(e.namespace, e.component, e.endpoint, instance_id)
         self._subscriptions.append(
@@ -159,6 +163,8 @@ def open_plane(
 ) -> RequestPlane:
     """The plane called ``name`` (``tcp`` or ``nats``); nothing is bound yet."""
     if name == "nats":
+        from .nats_plane import NatsRequestServer
+
         return NatsPlane(NatsRequestServer(nats))
     server = RequestPlaneServer(
         host or "0.0.0.0",

@@ -23,7 +23,14 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 
 #: The variants in the order they are added (the table lists them so).
-VARIANT_ORDER = ("lite-pure", "lite-kv", "lite-uvloop", "lite-base", "lite-base-engine")
+VARIANT_ORDER = (
+    "lite-pure",
+    "lite-kv",
+    "lite-uvloop",
+    "lite-asyncio",
+    "lite-base",
+    "lite-base-engine",
+)
 
 
 def find_stock_venv(explicit: str | None) -> Path:
@@ -164,7 +171,8 @@ def parser(description: str | None, items: tuple[str, ...]) -> argparse.Argument
         "--variants",
         default="pure,uvloop",
         help="extra dynamo_lite flavours for P1 (c=32), P2, P3, P7: 'pure' (no C "
-        "msgpack, no uvloop), 'uvloop' (uvloop borrowed from the stock venv), 'kv' (KV "
+        "msgpack, no uvloop), 'uvloop' (uvloop borrowed from the stock venv), "
+        "'asyncio' (the standard loop although uvloop is installed), 'kv' (KV "
         "events published for every request), 'base-engine' (with --baseline: today's "
         "runtime, the baseline's engine), or 'none'",
     )
@@ -240,6 +248,11 @@ def from_args(
         # KV events for every request (synthetic blocks stored and removed), with
         # nobody subscribed: the cost of publishing, against the plain lite worker.
         s.variants.append(Kind("lite-kv", "litekv", s.lite_python, kv_routing=True))
+    if "asyncio" in wanted:
+        # The lite worker on the standard asyncio loop although uvloop is installed.
+        s.variants.append(
+            Kind("lite-asyncio", "liteasyncio", s.lite_python, env=(("DYN_LITE_UVLOOP", "0"),))
+        )
     if "uvloop" in wanted:
         site = _uvloop_site(s)
         if site is not None:

@@ -44,11 +44,12 @@ with ``from_state``/``to_state``) reads ``lifecycle  serving → grace
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
+import math
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -174,10 +175,23 @@ def read_logging_config(path: str) -> tuple[int | None, dict[str, int], list[str
 
 
 def _timestamp(created: float, local: bool) -> str:
-    if local:
-        return dt.datetime.fromtimestamp(created).astimezone().isoformat(timespec="microseconds")
-    utc = dt.datetime.fromtimestamp(created, dt.UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``2026-12-01T10:00:00.123456Z`` (UTC) or with the local offset
+    (``+01:00``), as ``datetime`` would print it; written with ``time`` so a
+    worker does not load ``datetime`` for its log lines."""
+    # datetime.fromtimestamp's rounding: the fraction alone, half to even.
+    frac, whole = math.modf(created)
+    secs, micros = int(whole), round(frac * 1e6)
+    if micros >= 1_000_000:
+        secs, micros = secs + 1, micros - 1_000_000
+    elif micros < 0:
+        secs, micros = secs - 1, micros + 1_000_000
+    if not local:
+        return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(secs))}.{micros:06d}Z"
+    lt = time.localtime(secs)
+    sign = "-" if lt.tm_gmtoff < 0 else "+"
+    hours, rest = divmod(abs(lt.tm_gmtoff), 3600)
+    offset = f"{sign}{hours:02d}:{rest // 60:02d}" + (f":{rest % 60:02d}" if rest % 60 else "")
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', lt)}.{micros:06d}{offset}"
 
 
 def stock_event(record: logging.LogRecord, local_tz: bool) -> dict[str, Any]:

@@ -38,7 +38,7 @@ in JSONL the records pass whatever DYN_LOG says (stock logs them even with
 from __future__ import annotations
 
 import logging
-import random
+import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, TypeVar
@@ -92,12 +92,10 @@ def span_micros(ns: int) -> int:
     return int(value * {"µs": 1.0, "ms": 1000.0, "s": 1_000_000.0}[unit])
 
 
-#: Span ids from a private generator: an engine seeding ``random`` must not repeat them.
-_rng = random.Random()
-
-
 def _hex_id(bits: int) -> str:
-    return f"{_rng.getrandbits(bits) or 1:0{bits // 4}x}"
+    # os.urandom, not ``random``: an engine seeding ``random`` must not repeat span
+    # ids, and a worker that never logs spans does not load ``random`` for them.
+    return f"{int.from_bytes(os.urandom(bits // 8), 'big') or 1:0{bits // 4}x}"
 
 
 class _Span:

@@ -29,7 +29,6 @@ from ..config import DisaggregationMode
 from ..discovery import DiscoveryError, EndpointId
 from ..discovery import keys as dkeys
 from ..engine import PushSource, ZmqSource
-from ..protocol import kv_events as kve
 
 # The event plane (ZMQ/NATS transports, publisher, indexer, relay) is imported
 # by start_publishing once KV routing is on: a worker with it off never loads it.
@@ -108,6 +107,8 @@ class KvRouting:
             if self._last_used.get(rank) == used:
                 return
             self._last_used[rank] = used
+        from ..protocol import kv_events as kve
+
         payload = kve.kv_metrics_payload(self._worker.instance_id, rank, used)
         with contextlib.suppress(RuntimeError):  # loop closed: the worker is gone
             loop.call_soon_threadsafe(channel.publish, payload)
@@ -117,6 +118,8 @@ class KvRouting:
         channel = self.active_channel
         if channel is None or self._worker is None:
             return
+        from ..protocol import kv_events as kve
+
         event = kve.active_sequence_event(request_id, self._worker.instance_id)
         channel.publish(event if self.plane == "nats" else {"events": [event]})
 
@@ -190,6 +193,7 @@ async def start_publishing(worker: Any, ranks: list[int]) -> KvRouting:
     if not sources and not ranks:
         return routing
     from ..netaddr import bind_and_advertise
+    from ..protocol import kv_events as kve
     from .channels import (
         EventChannel,
         EventTransport,

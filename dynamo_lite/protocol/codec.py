@@ -13,35 +13,65 @@ from __future__ import annotations
 import json
 import sys
 from array import array
-from typing import Any, Literal
-
-import msgpack
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import MalformedFrame
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 Codec = Literal["msgpack", "json"]
 CODECS: tuple[Codec, ...] = ("msgpack", "json")
 
-_packer = msgpack.Packer(use_bin_type=True)
 _json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
+# msgpack (its C extension and ``datetime``, about 1 MiB) is imported by the
+# first request, not at startup: an idle worker never needs it. Until then the
+# three names below are stand-ins that load it and rebind themselves, so after
+# the first call every call goes straight to msgpack.
+
 #: True when msgpack runs on its pure-Python fallback (no C extension, or
-#: ``MSGPACK_PUREPYTHON=1``); then the faster pure encoder below packs.
-PURE_MSGPACK = type(_packer).__module__ == "msgpack.fallback"
-if PURE_MSGPACK:
-    from ._msgpack_pure import packb as _pure_packb
-
-    def _msgpack(obj: Any) -> bytes:
-        return _pure_packb(obj)
-else:
-
-    def _msgpack(obj: Any) -> bytes:
-        packed: bytes = _packer.pack(obj)
-        return packed
+#: ``MSGPACK_PUREPYTHON=1``); then the faster pure encoder packs. Known once loaded.
+PURE_MSGPACK: bool | None = None
+#: What a malformed msgpack body raises (msgpack's own errors added once loaded).
+_msgpack_errors: tuple[type[Exception], ...] = (ValueError, TypeError, UnicodeDecodeError)
 
 
+def _load_msgpack() -> None:
+    global PURE_MSGPACK, _msgpack, msgpack_encode, _unpackb, _msgpack_errors
+    import msgpack
+
+    packer = msgpack.Packer(use_bin_type=True)
+    PURE_MSGPACK = type(packer).__module__ == "msgpack.fallback"
+    encode: Callable[[Any], bytes]
+    if PURE_MSGPACK:
+        from ._msgpack_pure import packb as encode
+    else:
+        encode = packer.pack
+    unpackb = msgpack.unpackb
+
+    def decode(data: bytes) -> Any:
+        return unpackb(data, raw=False, strict_map_key=False)
+
+    _msgpack_errors = (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException)
+    _unpackb = decode
+    _msgpack = msgpack_encode = encode
+
+
+def _load_then_encode(obj: Any) -> bytes:
+    _load_msgpack()
+    return _msgpack(obj)
+
+
+def _load_then_decode(data: bytes) -> Any:
+    _load_msgpack()
+    return _unpackb(data)
+
+
+_msgpack: Callable[[Any], bytes] = _load_then_encode
+_unpackb: Callable[[bytes], Any] = _load_then_decode
 #: Public name for the fastest available msgpack encoder.
-msgpack_encode = _msgpack
+msgpack_encode: Callable[[Any], bytes] = _load_then_encode
 
 
 def check_codec(name: str) -> Codec:
@@ -65,9 +95,9 @@ def json_encode(obj: Any) -> bytes:
 def decode(codec: Codec, data: bytes) -> Any:
     try:
         if codec == "msgpack":
-            return msgpack.unpackb(data, raw=False, strict_map_key=False)
+            return _unpackb(data)
         return json.loads(data)
-    except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as exc:
+    except _msgpack_errors as exc:
         raise MalformedFrame(f"body is not valid {codec}: {exc}") from None
     except RecursionError:
         raise MalformedFrame(f"body nests too deeply to decode as {codec}") from None

@@ -50,8 +50,11 @@ def error_frame(codec: Codec, error: dict[str, Any]) -> bytes:
     )
 
 
+#: ``{"complete_final": true}`` as msgpack (fixmap(1) "complete_final" true) and as
+#: JSON, spelled out so that the module does not load msgpack at import.
 COMPLETE_FINAL_FRAME: dict[Codec, bytes] = {
-    c: twopart.encode_body_only(_codec.encode(c, {"complete_final": True})) for c in _codec.CODECS
+    "msgpack": twopart.encode_body_only(b"\x81\xaecomplete_final\xc3"),
+    "json": twopart.encode_body_only(b'{"complete_final":true}'),
 }
 
 

@@ -34,6 +34,7 @@ THIRD_PARTY = (
     "structlog",  # DYN_LOGGING_JSONL
     "opentelemetry",  # OTEL_EXPORT_ENABLED
     "zmq",
+    "msgpack",  # the first request's body
 )
 
 #: Standard-library modules nothing on this path needs.
@@ -43,6 +44,8 @@ STDLIB = (
     "hmac",
     "multiprocessing",
     "encodings.idna",  # a literal bind host is not resolved
+    "datetime",  # log times are printed with ``time``
+    "random",  # span ids come from os.urandom
 )
 
 #: dynamo_lite modules of other configurations or first used later.
@@ -55,6 +58,7 @@ OWN = (
     "dynamo_lite.kv.publisher",
     "dynamo_lite.kv.query",
     "dynamo_lite.kv.relay",
+    "dynamo_lite.protocol.kv_events",
     "dynamo_lite.transport.zmq_plane",
     "dynamo_lite.protocol.zmtp",
     "dynamo_lite.client",

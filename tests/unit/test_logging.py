@@ -7,7 +7,9 @@ import gc
 import io
 import json
 import logging
+import os
 import re
+import time
 import warnings
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
@@ -15,8 +17,10 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dynamo_lite import spanlog
+from dynamo_lite import logsetup, spanlog
 from dynamo_lite.context import Context
 from dynamo_lite.lifecycle import Lifecycle, Reason
 from dynamo_lite.logsetup import TRACE, configure_logging, parse_dyn_log
@@ -371,3 +375,29 @@ def test_a_request_cancelled_before_its_first_step_leaves_no_coroutine_behind() 
         asyncio.run(main())
         gc.collect()
     assert made == []
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    created=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    zone=st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kolkata", "America/St_Johns"]),
+)
+def test_log_timestamps_print_as_datetime_would(created: float, zone: str) -> None:
+    """The log time is formatted with ``time`` (no ``datetime`` import in a
+    worker); it must read exactly as ``datetime`` prints the same instant."""
+    import datetime as dt
+
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        utc = dt.datetime.fromtimestamp(created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        local = dt.datetime.fromtimestamp(created).astimezone().isoformat(timespec="microseconds")
+        assert logsetup._timestamp(created, False) == utc
+        assert logsetup._timestamp(created, True) == local
+    finally:
+        if saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()

@@ -35,7 +35,7 @@ from bench.procs import cpu_model, install_cleanup, raise_fd_limit, stop_all
 from bench.report import Row, median, table
 from bench.results import Results, load
 from bench.settings import BENCH, REPO, Layout, Settings, from_args, parser
-from bench.workers import make_models
+from bench.workers import compile_sources, make_models
 
 
 def rows(lay: Layout, res: Results, items: Sequence[Item] = ITEMS) -> list[Row]:
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         make_models(s)
+        compile_sources(s)
         measure(s, res, items)
     finally:
         stop_all()

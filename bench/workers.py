@@ -217,3 +217,21 @@ def make_models(s: Settings) -> None:
                 env={**os.environ, "PYTHONPATH": str(REPO)},
             )
         age(root)
+
+
+def compile_sources(s: Settings) -> None:
+    """Byte-compile the dynamo_lite trees the workers run, as installing a wheel does
+    (the stock packages were compiled by pip): with ``PYTHONDONTWRITEBYTECODE`` set, an
+    editable checkout would otherwise be compiled again at every start (P4)."""
+    roots = {REPO}
+    for kind in s.kinds + s.variants:
+        for name, value in kind.env:
+            if name == "PYTHONPATH":
+                roots.add(Path(value))
+    for root in sorted(roots):
+        dirs = [str(d) for d in (root / "dynamo_lite", root / "examples") if d.is_dir()]
+        subprocess.run(
+            [str(s.lite_python), "-m", "compileall", "-q", *dirs],
+            check=True,
+            capture_output=True,
+        )

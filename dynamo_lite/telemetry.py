@@ -222,7 +222,9 @@ async def traced(
                     last = now
                     output_tokens += len(ids)
                 reason = chunk.get("finish_reason")
-                if reason is not None:
+                # A terminal chunk after a cancellation is not delivered (the endpoint
+                # has ended the stream): the stream still counts as dropped, as on stock.
+                if reason is not None and not ctx.is_stopped():
                     completed = True
                     span.set_attribute("output_tokens", output_tokens)
                     span.set_attribute("finish_reason", _finish_reason(reason))

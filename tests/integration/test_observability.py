@@ -371,6 +371,12 @@ class TracedEngine(LLMEngine):
             pass
         if mode == "raise":
             raise RuntimeError("engine failed")
+        if mode == "finish-after-stop":
+            # A terminal chunk once the frontend has gone (engines often do this).
+            yield {"token_ids": [1], "index": 0}
+            await context.stopped()
+            yield {"token_ids": [], "index": 0, "finish_reason": "cancelled"}
+            return
         for i in range(3):
             if mode == "hang" and i == 1:
                 await asyncio.sleep(3600)
@@ -446,7 +452,7 @@ def traced_run(
             for request in requests:
                 stream = await client.generate({"token_ids": [5, 6], **request})
                 try:
-                    if request.get("mode") == "hang":
+                    if request.get("mode") in ("hang", "finish-after-stop"):
                         async for _ in stream:
                             await stream.cancel()
                             break
@@ -503,6 +509,18 @@ def test_spans_of_failed_and_cancelled_requests(
     assert cancelled.attributes["finish_reason"] == "Dropped"
     assert cancelled.attributes["cancelled"] is True
     assert cancelled.status.status_code is StatusCode.ERROR
+
+
+def test_a_terminal_chunk_after_a_cancellation_still_ends_a_dropped_span(
+    exporter: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint ends the stream at the cancellation, so an engine's own
+    terminal chunk after it is never delivered: the span says Dropped, as the
+    span-event records (and stock's span) do."""
+    traced_run(tmp_path, monkeypatch, exporter, {"mode": "finish-after-stop"})
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "engine.generate"]
+    assert span.attributes["finish_reason"] == "Dropped"
+    assert span.attributes["cancelled"] is True
 
 
 class RefusingEngine(TracedEngine):

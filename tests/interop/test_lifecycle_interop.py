@@ -250,6 +250,8 @@ def test_etcd_down_for_60s_then_back(
             return []
         return [base64.b64decode(kv["key"]).decode() for kv in r.json().get("kvs", [])]
 
+    # Stop etcd only once every record is written (the worker logs that it serves).
+    wait_until(lambda: "registering → serving" in proc.log_text(), timeout=20, what="serving")
     before = wait_until(instance_keys, timeout=20, what="registration")
     pid = proc.pid
     etcd.stop()

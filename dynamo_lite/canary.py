@@ -78,6 +78,9 @@ MIN_WAIT = 0.1
 
 @dataclass(frozen=True)
 class HealthSettings:
+    """The canary's and the stall detector's settings
+    (``DYN_HEALTH_CHECK_*``, ``DYN_CANARY_WAIT_TIME``)."""
+
     enabled: bool = False
     wait: float = 10.0
     timeout: float = 3.0

@@ -104,6 +104,8 @@ def _coerce_disagg_mode(value: Any) -> DisaggregationMode:
 
 @dataclass
 class WorkerConfig:
+    """What the engine author configures (stock's ``WorkerConfig``, field for field)."""
+
     namespace: str
     component: str = "backend"
     endpoint: str = "generate"

@@ -210,6 +210,8 @@ del _name
 
 @dataclass(frozen=True)
 class ZmqSource:
+    """A KV event source the runtime subscribes to over ZMQ and relays (stock name)."""
+
     endpoint: str
     topic: str = ""
     dp_rank: int = 0
@@ -217,6 +219,8 @@ class ZmqSource:
 
 @dataclass(frozen=True)
 class PushSource:
+    """A KV event source the engine pushes into a publisher it is handed (stock name)."""
+
     on_ready: Callable[[Any], None]
     dp_rank: int = 0
 
@@ -226,6 +230,8 @@ KvEventSource = ZmqSource | PushSource
 
 @dataclass
 class ComponentSnapshot:
+    """A load snapshot an engine reports per data-parallel rank (stock name)."""
+
     kv_used_blocks: int
     kv_total_blocks: int
     gpu_cache_usage: float

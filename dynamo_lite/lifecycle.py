@@ -284,6 +284,8 @@ class SetupFailed(StartupError):
 
 @dataclass(frozen=True)
 class Transition:
+    """One state change, as recorded in the lifecycle's history."""
+
     source: State
     target: State
     reason: Reason

@@ -70,6 +70,8 @@ _RTF_REJECT = 0x200
 
 @dataclass(frozen=True)
 class Interface:
+    """A network interface as the address rule sees it."""
+
     name: str
     index: int
     up: bool
@@ -82,6 +84,8 @@ class Interface:
 
 @dataclass(frozen=True)
 class InterfaceTable:
+    """The host's interfaces and which ones the default routes leave by."""
+
     interfaces: tuple[Interface, ...]
     #: Name of the interface the IPv4 / IPv6 default route leaves by, if any.
     default_v4: str | None = None

@@ -91,6 +91,8 @@ def first_response_histogram() -> Histogram:
 
 @dataclass
 class EndpointStats:
+    """The endpoint's request counters, updated in place on the request path."""
+
     requests: int = 0
     inflight: int = 0
     completed: int = 0

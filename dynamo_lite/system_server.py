@@ -50,6 +50,8 @@ TEXT = "text/plain; charset=utf-8"
 
 @dataclass
 class Response:
+    """One HTTP response of the system server."""
+
     status: int
     body: bytes = b""
     content_type: str = TEXT

@@ -32,6 +32,8 @@ def check_name(kind: str, value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class EndpointId:
+    """``namespace/component/endpoint``: the name an instance is served under."""
+
     namespace: str
     component: str
     endpoint: str

@@ -56,6 +56,8 @@ def event_plane_kind(configured: str | None, from_env: str | None = None) -> str
 
 @dataclass
 class _Source:
+    """One KV event source with its publisher, local indexer, channel and query endpoint."""
+
     publisher: KvEventPublisher
     indexer: LocalIndexer
     channel: EventChannel

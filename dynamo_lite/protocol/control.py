@@ -30,6 +30,8 @@ TCP_TRANSPORT = "tcp_server"
 
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
+    """Where the worker dials back to stream the response (the call-home address)."""
+
     address: str
     subject: str
     context: str
@@ -46,6 +48,8 @@ class ConnectionInfo:
 
 @dataclass(frozen=True, slots=True)
 class RequestControl:
+    """The control message in front of every request frame."""
+
     id: str
     payload_codec: str
     transport: str
@@ -163,12 +167,16 @@ def prologue_frame(error: str | None = None) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
+    """The response stream's first header: which request it carries."""
+
     subject: str
     stream_type: str
 
 
 @dataclass(frozen=True, slots=True)
 class Prologue:
+    """The response stream's prologue: ``error`` set when the request failed before streaming."""
+
     error: str | None
 
 

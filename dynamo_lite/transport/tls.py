@@ -32,6 +32,8 @@ class TlsConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TcpTls:
+    """TLS for the TCP request plane and the response stream (``DYN_TCP_TLS_*``)."""
+
     cert: str | None = None
     key: str | None = None
     client_ca: str | None = None

@@ -54,7 +54,7 @@ import anyio
 from .context import Context
 from .envparse import parse_bool, parse_duration
 from .errors import WireError, classify
-from .health_check import load_health_check_from_env, stamp_marker
+from .health_check import parse_health_check_value, stamp_marker
 from .stats import EndpointStats, RequestProgress
 from .stream import StreamValidator
 from .tasks import Service, start_service
@@ -100,15 +100,15 @@ class HealthSettings:
 
 
 async def resolve_payload(
-    engine: BaseEngine, config: WorkerConfig, env: Mapping[str, str]
+    engine: BaseEngine, config: WorkerConfig, env_payload: str | None
 ) -> dict[str, Any] | None:
     """The canary payload, marked, or None (canary off).
 
     ``WorkerConfig.health_check_payload`` wins (a non-object there disables
-    the canary); then ``DYN_HEALTH_CHECK_PAYLOAD`` (invalid or non-object:
-    warned about and skipped); then ``engine.health_check_payload()``, called
-    only when neither override is set (None, a non-object or an exception
-    disable the canary).
+    the canary); then ``DYN_HEALTH_CHECK_PAYLOAD`` (``env_payload``, its raw
+    value; invalid or non-object: warned about and skipped); then
+    ``engine.health_check_payload()``, called only when neither override is
+    set (None, a non-object or an exception disable the canary).
     """
     override: Any = config.health_check_payload
     if override is not None:
@@ -120,7 +120,7 @@ async def resolve_payload(
             type(override).__name__,
         )
         return None
-    from_env = load_health_check_from_env(env=env)
+    from_env = parse_health_check_value(env_payload)
     if from_env is not None:
         return stamp_marker(from_env)
     try:

@@ -80,16 +80,24 @@ def load_health_check_from_env(
         from .config import process_environ
 
         env = process_environ()
-    value = env.get(env_var)
+    return parse_health_check_value(env.get(env_var), env_var)
+
+
+def parse_health_check_value(
+    value: str | None, source: str = HEALTH_CHECK_ENV
+) -> dict[str, Any] | None:
+    """A health-check payload given as ``source``'s value (JSON object or
+    ``@file``), unmarked; None if empty. Problems are warned about (naming
+    ``source``) and give None."""
     if not value:
         return None
     try:
         parsed = _read_json(value)
     except (OSError, ValueError) as exc:
-        logger.warning("Failed to parse %s: %s", env_var, exc)
+        logger.warning("Failed to parse %s: %s", source, exc)
         return None
     if not isinstance(parsed, dict):
-        logger.warning("%s must be a JSON object (dict). Got: %s", env_var, type(parsed).__name__)
+        logger.warning("%s must be a JSON object (dict). Got: %s", source, type(parsed).__name__)
         return None
     return parsed
 

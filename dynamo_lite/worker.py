@@ -37,7 +37,6 @@ from .endpoint import Endpoint
 from .engine import BaseEngine, EngineConfig, LlmRegistration, RawEngine
 from .engine_routes import EngineRoutes, InstanceSwitch, ServingEndpoint, before_routes
 from .errors import InvalidArgument
-from .health_check import HEALTH_CHECK_ENV
 from .kv.routing import KvRouting, start_publishing
 from .lifecycle import (
     EXIT_WATCHDOG,
@@ -537,10 +536,7 @@ class Worker:
         self.engine_routes = EngineRoutes(self, engine, self.instance_switch)
         if self.system_server is not None:
             self.system_server.route_body("/engine/", self.engine_routes.handle)
-        raw_payload = self.env_settings.health_check_payload
-        payload = await resolve_payload(
-            engine, cfg, {HEALTH_CHECK_ENV: raw_payload} if raw_payload else {}
-        )
+        payload = await resolve_payload(engine, cfg, self.env_settings.health_check_payload)
         self.monitor = monitor = HealthMonitor(
             engine, self.endpoint, self.health, self.health_settings, payload
         )

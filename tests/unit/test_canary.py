@@ -18,6 +18,7 @@ from dynamo_lite import WorkerConfig
 from dynamo_lite.canary import HealthMonitor, HealthSettings, probe_request, resolve_payload
 from dynamo_lite.config import parse_health_check_payload_cli as from_config
 from dynamo_lite.health_check import (
+    HEALTH_CHECK_ENV,
     HEALTH_CHECK_KEY,
     bos_token_id_or,
     build_health_check_payload,
@@ -98,7 +99,7 @@ def config(payload: Any = None) -> WorkerConfig:
 
 
 async def resolve(engine: PayloadEngine, cfg: WorkerConfig, env: dict[str, str]) -> Any:
-    return await resolve_payload(engine, cfg, env)  # type: ignore[arg-type]
+    return await resolve_payload(engine, cfg, env.get(HEALTH_CHECK_ENV))  # type: ignore[arg-type]
 
 
 async def test_precedence_config_then_env_then_engine(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Mapping
 from typing import Any, TypeVar
 
+from . import telemetry
 from .context import Context
 
 __all__ = ["TARGET", "enabled", "engine_generate", "handle_payload", "set_enabled", "span_micros"]
@@ -214,13 +215,8 @@ async def engine_generate(
 ) -> AsyncGenerator[Any, None]:
     """``agen``'s chunks, unchanged, inside an ``engine.generate`` span."""
     parent = _open.get(ctx.id())
-    fields: dict[str, str] = {}
-    if not raw:
-        token_ids = request.get("token_ids")
-        fields["disagg_role"] = role
-        fields["input_tokens"] = str(len(token_ids) if isinstance(token_ids, list) else 0)
-        fields["model"] = str(request.get("model") or "")
-    fields["request_id"] = ctx.id()
+    # Stock's span fields are strings (the records list them sorted by name).
+    fields = {k: str(v) for k, v in telemetry.entry_attributes(request, ctx, raw, role).items()}
     if parent is not None:
         fields["parent_id"] = parent["span_id"]
         fields["trace_id"] = parent["trace_id"]

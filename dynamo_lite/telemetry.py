@@ -158,16 +158,26 @@ def _error(span: Any, description: str) -> None:
     span.set_status(_trace.Status(_trace.StatusCode.ERROR, description))
 
 
-def _start_span(request: Mapping[str, Any], ctx: Context, raw: bool, role: str) -> Any:
-    """An ``engine.generate`` span under the caller's trace, with the entry attributes."""
-    assert _trace is not None
-    parent = _PROPAGATOR.extract(carrier=ctx.trace_headers() or {})
+def entry_attributes(
+    request: Mapping[str, Any], ctx: Context, raw: bool, role: str
+) -> dict[str, Any]:
+    """What stock records on ``engine.generate`` when it opens: the request id
+    and, for token requests, the model, the prompt length and the disagg role
+    (the OTel span here, the span-event records in :mod:`dynamo_lite.spanlog`)."""
     attributes: dict[str, Any] = {"request_id": ctx.id()}
     if not raw:
         token_ids = request.get("token_ids")
         attributes["model"] = str(request.get("model") or "")
         attributes["input_tokens"] = len(token_ids) if isinstance(token_ids, list) else 0
         attributes["disagg_role"] = role
+    return attributes
+
+
+def _start_span(request: Mapping[str, Any], ctx: Context, raw: bool, role: str) -> Any:
+    """An ``engine.generate`` span under the caller's trace, with the entry attributes."""
+    assert _trace is not None
+    parent = _PROPAGATOR.extract(carrier=ctx.trace_headers() or {})
+    attributes = entry_attributes(request, ctx, raw, role)
     return _tracer().start_span(
         SPAN_NAME, context=parent, kind=_trace.SpanKind.SERVER, attributes=attributes
     )

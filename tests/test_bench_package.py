@@ -150,3 +150,16 @@ def test_results_accumulate_per_metric_and_flavour() -> None:
     res.add("p4:listed", "stock", 0.2)
     assert res.get("p4:listed", "stock") == [0.1, 0.2]
     assert res.get("p4:listed", "lite") == []
+
+
+def test_start_trial_rows_for_each_measured_variant() -> None:
+    res, _ = load(VECTORS / "results-all.json")
+    for metric, value in (("p4:listed", 0.12), ("p5:exit", 0.03), ("p6:idle", 26 * 1024)):
+        res.add(metric, "lite-asyncio", value)
+    lay = Layout(variants=("lite-asyncio", "lite-pure"))
+    text = runner.render(lay, res)
+    assert "| P4 | process start → listed in /v1/models (lite-asyncio) |" in text
+    assert "| P5 | SIGTERM → exit, grace 0 (lite-asyncio) |" in text
+    assert "| P6 | RSS idle (lite-asyncio) | 66 MiB (66 MiB-66 MiB) | 26 MiB" in text
+    assert "(lite-pure)" not in text  # a variant without values has no rows
+    assert "RSS with 1000 open streams (" not in text

@@ -5,7 +5,7 @@ model), a load generator drives them; each round runs the items' ``round``
 hooks in ``steady_order``, and inside those each flavour in turn (alternating).
 
 Lifecycle: one frontend on a fresh file-discovery root; per round, per flavour
-(stock, lite and the variants, alternating; a flavour the steady session found
+(stock, lite and the variants, alternating; a variant the steady session found
 broken is left out): the worker process is started, the frontend's ``/v1/models``
 is polled every 5 ms until the model is listed, the worker is left idle until
 :data:`IDLE` after that, then each item's ``trial`` hook runs (the one that
@@ -132,7 +132,7 @@ def lifecycle(s: Settings, res: Results, items: Sequence[Item]) -> None:
     hooks = sorted((i for i in items if i.in_lifecycle), key=lambda i: i.ends_worker)
     kv = Path(tempfile.mkdtemp(prefix="kv-startstop-", dir=s.workdir))
     broken_kinds = res.info.get("broken", {})
-    kinds = [k for k in s.kinds + s.variants if k.name not in broken_kinds]
+    kinds = s.kinds + [v for v in s.variants if v.name not in broken_kinds]
     fe = Frontend(s, kv, "startstop")
     try:
         for rnd in range(s.lifecycle_rounds):

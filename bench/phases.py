@@ -5,7 +5,8 @@ model), a load generator drives them; each round runs the items' ``round``
 hooks in ``steady_order``, and inside those each flavour in turn (alternating).
 
 Lifecycle: one frontend on a fresh file-discovery root; per round, per flavour
-(alternating): the worker process is started, the frontend's ``/v1/models``
+(stock, lite and the variants, alternating; a variant the steady session found
+broken is left out): the worker process is started, the frontend's ``/v1/models``
 is polled every 5 ms until the model is listed, the worker is left idle until
 :data:`IDLE` after that, then each item's ``trial`` hook runs (the one that
 ends the worker last), then the worker is stopped and the next start waits
@@ -130,11 +131,13 @@ class Trial:
 def lifecycle(s: Settings, res: Results, items: Sequence[Item]) -> None:
     hooks = sorted((i for i in items if i.in_lifecycle), key=lambda i: i.ends_worker)
     kv = Path(tempfile.mkdtemp(prefix="kv-startstop-", dir=s.workdir))
+    broken_kinds = res.info.get("broken", {})
+    kinds = s.kinds + [v for v in s.variants if v.name not in broken_kinds]
     fe = Frontend(s, kv, "startstop")
     try:
         for rnd in range(s.lifecycle_rounds):
             log(f"start/stop round {rnd + 1}/{s.lifecycle_rounds}")
-            for kind in alternate(s.kinds, rnd):
+            for kind in alternate(kinds, rnd):
                 name = str(model_dir(s, kind))
                 proc = start_worker(s, kind, kv, "startstop", delay=0.0)
                 try:

@@ -170,7 +170,7 @@ def parser(description: str | None, items: tuple[str, ...]) -> argparse.Argument
     p.add_argument(
         "--variants",
         default="pure,uvloop",
-        help="extra dynamo_lite flavours for P1 (c=32), P2, P3, P7: 'pure' (no C "
+        help="extra dynamo_lite flavours for P1 (c=32), P2, P3, P4-P6 idle, P7: 'pure' (no C "
         "msgpack, no uvloop), 'uvloop' (uvloop borrowed from the stock venv), "
         "'asyncio' (the standard loop although uvloop is installed), 'kv' (KV "
         "events published for every request), 'base-engine' (with --baseline: today's "

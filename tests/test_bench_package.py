@@ -20,7 +20,7 @@ import pytest
 from bench import runner
 from bench.items import ITEMS, NAMES
 from bench.results import Results, load
-from bench.settings import Layout, Settings, from_args, parser
+from bench.settings import Kind, Layout, Settings, from_args, parser
 
 VECTORS = Path(__file__).resolve().parent / "vectors" / "bench"
 FILES = sorted(VECTORS.glob("*.json"))
@@ -150,3 +150,61 @@ def test_results_accumulate_per_metric_and_flavour() -> None:
     res.add("p4:listed", "stock", 0.2)
     assert res.get("p4:listed", "stock") == [0.1, 0.2]
     assert res.get("p4:listed", "lite") == []
+
+
+def test_start_trial_rows_for_each_measured_variant() -> None:
+    res, _ = load(VECTORS / "results-all.json")
+    for metric, value in (("p4:listed", 0.12), ("p5:exit", 0.03), ("p6:idle", 26 * 1024)):
+        res.add(metric, "lite-asyncio", value)
+    lay = Layout(variants=("lite-asyncio", "lite-pure"))
+    text = runner.render(lay, res)
+    assert "| P4 | process start → listed in /v1/models (lite-asyncio) |" in text
+    assert "| P5 | SIGTERM → exit, grace 0 (lite-asyncio) |" in text
+    assert "| P6 | RSS idle (lite-asyncio) | 66 MiB (66 MiB-66 MiB) | 26 MiB" in text
+    assert "(lite-pure)" not in text  # a variant without values has no rows
+    assert "RSS with 1000 open streams (" not in text
+
+
+def test_start_trials_alternate_stock_lite_and_the_variants(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import phases
+
+    started: list[str] = []
+
+    class FakeProc:
+        started_at = 0.0
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def stop(self) -> None:
+            pass
+
+    class FakeFrontend:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def wait_model(self, *args: object, **kwargs: object) -> float:
+            return 0.0
+
+        def stop(self) -> None:
+            pass
+
+    def start_worker(s: Settings, kind: Kind, *args: object, **kwargs: object) -> FakeProc:
+        started.append(kind.name)
+        return FakeProc(kind.name)
+
+    monkeypatch.setattr(phases, "Frontend", FakeFrontend)
+    monkeypatch.setattr(phases, "start_worker", start_worker)
+    monkeypatch.setattr(phases, "IDLE", 0.0)
+    s = _settings(tmp_path, "--variants", "asyncio,kv", "--quick")
+    res = Results()
+    res.info["broken"] = {"lite-kv": "every request failed"}
+    phases.lifecycle(s, res, [i for i in ITEMS if i.name == "P4"])
+    assert started == ["stock", "lite", "lite-asyncio", "lite-asyncio", "lite", "stock"]
+    assert len(res.get("p4:listed", "lite-asyncio")) == 2
+    started.clear()
+    none = _settings(tmp_path / "n", "--variants", "none", "--quick")
+    phases.lifecycle(none, Results(), [i for i in ITEMS if i.name == "P4"])
+    assert started == ["stock", "lite", "lite", "stock"]

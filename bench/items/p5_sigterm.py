@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from bench.item import Item, row
+from bench.item import Item, lite_kinds, row
 from bench.phases import Trial
 from bench.report import Row
 from bench.results import Results
@@ -35,19 +35,23 @@ class Sigterm(Item):
             t.res.add("p5:exit", t.kind.name, math.nan)
 
     def rows(self, lay: Layout, res: Results) -> list[Row]:
-        return row(
-            res,
-            self.name,
-            "SIGTERM → exit, grace 0",
-            "p5:exit",
-            "s",
-            self.target,
-            lambda a, b: b <= 0.15,
-        )
+        out: list[Row] = []
+        for k in lite_kinds(lay):
+            out += row(
+                res,
+                self.name,
+                "SIGTERM → exit, grace 0",
+                "p5:exit",
+                "s",
+                self.target,
+                lambda a, b: b <= 0.15,
+                lite_kind=k,
+            )
+        return out
 
     def notes(self, lay: Layout, res: Results) -> list[str]:
         out = []
-        for kind in ("stock", "lite"):
+        for kind in ("stock", *lite_kinds(lay)):
             codes = res.get("p5:code", kind)
             if codes and any(c != 0 for c in codes):
                 out.append(f"- P5 {kind}: exit codes {sorted({int(c) for c in codes})}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from bench.item import Item, row
+from bench.item import Item, lite_kinds, row
 from bench.measure import alternate, log
 from bench.phases import Trial
 from bench.report import Row
@@ -18,9 +18,9 @@ class Memory(Item):
     name = "P6"
     measures = (
         "idle: VmRSS 1 s after the model is listed, in the P4 trials (file backend, "
-        "alternating rounds, 5; quick: 2); loaded: a fresh worker with --delay 0.25, "
-        "1,000 streams opened with the pure-Python client, 100 at a time, each waited for "
-        "until its first token, then the peak VmRSS over the next second"
+        "alternating rounds, 5; quick: 2; the variants too); loaded: a fresh worker with "
+        "--delay 0.25, 1,000 streams opened with the pure-Python client, 100 at a time, "
+        "each waited for until its first token, then the peak VmRSS over the next second"
     )
     target = "≤ 0.4x stock"  # idle; with open streams ≤ 0.5x stock
     in_lifecycle = True
@@ -60,8 +60,10 @@ class Memory(Item):
                         client.stop()
 
     def rows(self, lay: Layout, res: Results) -> list[Row]:
-        return [
-            *row(
+        idle = [
+            r
+            for k in lite_kinds(lay)
+            for r in row(
                 res,
                 self.name,
                 "RSS idle",
@@ -69,7 +71,11 @@ class Memory(Item):
                 "MiB",
                 self.target,
                 lambda a, b: b <= 0.4 * a,
-            ),
+                lite_kind=k,
+            )
+        ]
+        return [
+            *idle,
             *row(
                 res,
                 self.name,

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from .admission import GateLimits
     from .canary import HealthSettings
     from .logsetup import LoggingSettings
-    from .otel_export import OtelSettings
     from .system_server import SystemSettings
+    from .telemetry import OtelSettings
     from .transport.nats_plane import NatsSettings
     from .transport.tls import TcpTls
 
@@ -524,8 +524,8 @@ class Settings:
         from .admission import GateLimits
         from .canary import HealthSettings
         from .logsetup import LoggingSettings
-        from .otel_export import OtelSettings
         from .system_server import SystemSettings
+        from .telemetry import OtelSettings
         from .transport.nats_plane import NatsSettings
         from .transport.tls import TcpTls
 

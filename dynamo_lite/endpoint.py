@@ -40,7 +40,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from . import spanlog, telemetry
+from . import telemetry
 from .admission import EngineGate
 from .cancellation import AbortGate, log_cancellation
 from .context import Context
@@ -198,7 +198,9 @@ class Endpoint:
         self.requests[ctl.id] = req
         self.stats.requests += 1
         self.stats.request_bytes += len(payload)
-        if spanlog.enabled:
+        if telemetry.span_events:
+            from . import spanlog  # loaded with the switch, by configure_logging
+
             serve = spanlog.handle_payload(
                 lambda: self._serve(req, address, ctl.info.subject, message.body),
                 ctx,
@@ -344,7 +346,9 @@ class Endpoint:
             return
         if telemetry.active():
             agen = telemetry.traced(agen, request, ctx, raw=self.raw, role=self.disagg_role)
-        if spanlog.enabled:
+        if telemetry.span_events:
+            from . import spanlog
+
             agen = spanlog.engine_generate(agen, request, ctx, raw=self.raw, role=self.disagg_role)
         ctx.add_done_callback(lambda _ctx: self._on_context_stop(req))
         validator = req.validator = (

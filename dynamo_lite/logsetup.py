@@ -355,15 +355,17 @@ def configure_logging(
     # structlog only for that keeps a plain worker lighter.
     if jsonl or "structlog" in sys.modules:
         _route_structlog()
-    from . import spanlog
+    from . import telemetry
 
     span_events = jsonl and s.span_events
     if span_events:
+        from . import spanlog
+
         # Stock lets its span records through whatever DYN_LOG says (even ``warn``).
         span_logger = logging.getLogger(spanlog.TARGET)
         if not span_logger.isEnabledFor(logging.INFO):
             span_logger.setLevel(logging.INFO)
             _configured.add(spanlog.TARGET)
-    spanlog.set_enabled(span_events)
+    telemetry.span_events = span_events
     for directive in invalid:
         logging.getLogger(__name__).warning("DYN_LOG: ignoring invalid directive %r", directive)

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from . import telemetry
-from .envparse import parse_bool, parse_float, parse_str
+from .telemetry import OtelSettings
 
-__all__ = ["OtelSettings", "configure_from_env", "enabled"]
+__all__ = ["configure_from_env", "enabled", "shutdown", "start_metric_export"]
 
 logger = logging.getLogger("dynamo_lite.telemetry")
 
@@ -43,30 +42,6 @@ _EXPORTERS = {
         "opentelemetry-exporter-otlp-proto-grpc",
     ),
 }
-
-
-@dataclass(frozen=True)
-class OtelSettings:
-    """What dynamo_lite itself reads of the ``OTEL_*`` variables (the exporter
-    reads its endpoint, headers, resource … itself)."""
-
-    enabled: bool = False
-    traces_protocol: str = "grpc"
-    metrics_protocol: str = "grpc"
-    #: ``OTEL_METRIC_EXPORT_INTERVAL``, in seconds (the variable is in ms).
-    metric_interval: float = 60.0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> OtelSettings:
-        common = parse_str(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
-        traces = parse_str(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or common
-        metrics = parse_str(env, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or common
-        return cls(
-            enabled=parse_bool(env, "OTEL_EXPORT_ENABLED", False),
-            traces_protocol=(traces or "grpc").strip().lower(),
-            metrics_protocol=(metrics or "grpc").strip().lower(),
-            metric_interval=parse_float(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000.0) / 1000,
-        )
 
 
 def _settings(env: OtelSettings | Mapping[str, str]) -> OtelSettings:

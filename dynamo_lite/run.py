@@ -14,7 +14,6 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import otel_export
 from .config import Settings, WorkerConfig, pin_process_switches
 from .engine import BaseEngine
 from .logsetup import configure_logging
@@ -71,13 +70,26 @@ def run(
     settings = Settings.from_env()
     pin_process_switches(settings.switches)
     configure_logging(settings.logging)
-    exporting = otel_export.configure_from_env(settings.otel)  # OTEL_EXPORT_ENABLED
+    if not settings.otel.enabled:  # OTEL_EXPORT_ENABLED; the exporters load only with it
+        sys.exit(_run_loop(engine_cls, argv, engine_factory, settings))
+    from . import otel_export
+
+    exporting = otel_export.configure_from_env(settings.otel)
     metric_export = otel_export.start_metric_export(settings.otel)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory(settings.switches.uvloop)) as runner:
-            code = runner.run(_start(engine_cls, argv, engine_factory, settings))
+        code = _run_loop(engine_cls, argv, engine_factory, settings)
     finally:
         if metric_export is not None:
             metric_export.shutdown()
         otel_export.shutdown(exporting)
     sys.exit(code)
+
+
+def _run_loop(
+    engine_cls: type[BaseEngine],
+    argv: list[str] | None,
+    engine_factory: EngineFactory | None,
+    settings: Settings,
+) -> int:
+    with asyncio.Runner(loop_factory=_loop_factory(settings.switches.uvloop)) as runner:
+        return runner.run(_start(engine_cls, argv, engine_factory, settings))

@@ -32,7 +32,9 @@ or of the engine's generator (``engine.generate``).
 
 Nothing is emitted in the readable format (stock ignores the switch there);
 in JSONL the records pass whatever DYN_LOG says (stock logs them even with
-``DYN_LOG=warn``). When off, the request path pays one boolean test per span.
+``DYN_LOG=warn``). The switch is :data:`dynamo_lite.telemetry.span_events`:
+when it is off this module is not even imported, and the request path pays
+one boolean test per span.
 """
 
 from __future__ import annotations
@@ -46,25 +48,17 @@ from typing import Any, TypeVar
 from . import telemetry
 from .context import Context
 
-__all__ = ["TARGET", "enabled", "engine_generate", "handle_payload", "set_enabled", "span_micros"]
+__all__ = ["TARGET", "engine_generate", "handle_payload", "span_micros"]
 
 #: The stock target of the span records (also the DYN_LOG target that filters them).
 TARGET = "request_span"
 FIRST_ENTRY = "SPAN_FIRST_ENTRY"
 CLOSED = "SPAN_CLOSED"
 
-#: Set by :func:`dynamo_lite.logsetup.configure_logging`: JSONL and span events on.
-enabled = False
-
 _log = logging.getLogger(TARGET)
 _T = TypeVar("_T")
 #: The fields of each open ``handle_payload`` span by request id (its child's parent).
 _open: dict[str, dict[str, str]] = {}
-
-
-def set_enabled(on: bool) -> None:
-    global enabled
-    enabled = on
 
 
 def _tracing_display(ns: int) -> str:

@@ -38,9 +38,11 @@ import importlib.util
 import sys
 import time
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .context import Context
+from .envparse import parse_bool, parse_float, parse_str
 from .errors import classify
 
 # opentelemetry is imported only once someone uses it: configuring a tracer
@@ -50,6 +52,11 @@ _trace: Any = None
 _PROPAGATOR: Any = None
 _NOOP_PROVIDERS: tuple[type, ...] = ()
 _loaded: bool | None = None
+
+#: JSONL span-event records on (``DYN_LOGGING_SPAN_EVENTS`` with JSONL logging),
+#: set by :func:`dynamo_lite.logsetup.configure_logging`. The records are
+#: written by :mod:`dynamo_lite.spanlog`, which is imported only when this is on.
+span_events = False
 
 
 def _load() -> bool:
@@ -72,6 +79,7 @@ def _load() -> bool:
 
 __all__ = [
     "SPAN_NAME",
+    "OtelSettings",
     "SpanProxy",
     "active",
     "current_span",
@@ -82,6 +90,32 @@ __all__ = [
     "traced",
     "use_tracer_provider",
 ]
+
+
+@dataclass(frozen=True)
+class OtelSettings:
+    """What dynamo_lite itself reads of the ``OTEL_*`` variables (the exporter
+    reads its endpoint, headers, resource … itself). The exporters in
+    :mod:`dynamo_lite.otel_export` are imported only when ``enabled``."""
+
+    enabled: bool = False
+    traces_protocol: str = "grpc"
+    metrics_protocol: str = "grpc"
+    #: ``OTEL_METRIC_EXPORT_INTERVAL``, in seconds (the variable is in ms).
+    metric_interval: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> OtelSettings:
+        common = parse_str(env, "OTEL_EXPORTER_OTLP_PROTOCOL")
+        traces = parse_str(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or common
+        metrics = parse_str(env, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or common
+        return cls(
+            enabled=parse_bool(env, "OTEL_EXPORT_ENABLED", False),
+            traces_protocol=(traces or "grpc").strip().lower(),
+            metrics_protocol=(metrics or "grpc").strip().lower(),
+            metric_interval=parse_float(env, "OTEL_METRIC_EXPORT_INTERVAL", 60000.0) / 1000,
+        )
+
 
 SPAN_NAME = "engine.generate"
 TRACER_NAME = "dynamo_lite"

@@ -67,6 +67,8 @@ OWN = (
     "dynamo_lite.compat",
     "dynamo_lite.multimodal",
     "dynamo_lite.conformance",
+    "dynamo_lite.otel_export",  # OTEL_EXPORT_ENABLED
+    "dynamo_lite.spanlog",  # DYN_LOGGING_SPAN_EVENTS with JSONL logs
 )
 
 

@@ -20,7 +20,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynamo_lite import logsetup, spanlog
+from dynamo_lite import logsetup, spanlog, telemetry
 from dynamo_lite.context import Context
 from dynamo_lite.lifecycle import Lifecycle, Reason
 from dynamo_lite.logsetup import TRACE, configure_logging, parse_dyn_log
@@ -313,7 +313,7 @@ def test_no_span_events_unless_asked(
 
     buf = io.StringIO()
     configure_logging(env, buf)
-    assert spanlog.enabled is False
+    assert telemetry.span_events is False
 
     async def go() -> None:
         async with running(ScriptedEngine(), write_tiny_model(tmp_path / "m")) as h:

@@ -87,3 +87,21 @@ def row(
         return []
     note = lite_kind if lite_kind != "lite" else ""
     return [Row(item, metric, unit, stock_vals, lite_vals, target, check, note, per_request)]
+
+
+def variant_rows(
+    lay: Layout,
+    res: Results,
+    item: str,
+    metric: str,
+    key: str,
+    unit: str,
+    target: str = "",
+    check: Check | None = None,
+) -> list[Row]:
+    """:func:`row` for ``lite`` and then each variant, in table order."""
+    return [
+        r
+        for kind in lite_kinds(lay)
+        for r in row(res, item, metric, key, unit, target, check, lite_kind=kind)
+    ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.item import Item, lite_kinds, row
+from bench.item import Item, variant_rows
 from bench.measure import alternate, log, measured
 from bench.phases import Steady, per_token_us
 from bench.report import Row
@@ -59,15 +59,14 @@ class Direct(Item):
     def rows(self, lay: Layout, res: Results) -> list[Row]:
         out: list[Row] = []
         for client in CLIENTS:
-            for k in lite_kinds(lay):
-                out += row(
-                    res,
-                    self.name,
-                    f"worker CPU/token, {client} client",
-                    f"p2:{client}:worker_us",
-                    "us",
-                    self.target,
-                    lambda a, b: b <= 0.8 * a,
-                    lite_kind=k,
-                )
+            out += variant_rows(
+                lay,
+                res,
+                self.name,
+                f"worker CPU/token, {client} client",
+                f"p2:{client}:worker_us",
+                "us",
+                self.target,
+                lambda a, b: b <= 0.8 * a,
+            )
         return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.item import Item, lite_kinds, row
+from bench.item import Item, variant_rows
 from bench.phases import Trial
 from bench.report import Row
 from bench.results import Results
@@ -23,16 +23,13 @@ class Startup(Item):
         t.res.add("p4:listed", t.kind.name, t.listed_at - t.proc.started_at)
 
     def rows(self, lay: Layout, res: Results) -> list[Row]:
-        out: list[Row] = []
-        for k in lite_kinds(lay):
-            out += row(
-                res,
-                self.name,
-                "process start → listed in /v1/models",
-                "p4:listed",
-                "s",
-                self.target,
-                lambda a, b: b <= a,
-                lite_kind=k,
-            )
-        return out
+        return variant_rows(
+            lay,
+            res,
+            self.name,
+            "process start → listed in /v1/models",
+            "p4:listed",
+            "s",
+            self.target,
+            lambda a, b: b <= a,
+        )

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from bench.item import Item, lite_kinds, row
+from bench.item import Item, lite_kinds, variant_rows
 from bench.phases import Trial
 from bench.report import Row
 from bench.results import Results
@@ -35,19 +35,16 @@ class Sigterm(Item):
             t.res.add("p5:exit", t.kind.name, math.nan)
 
     def rows(self, lay: Layout, res: Results) -> list[Row]:
-        out: list[Row] = []
-        for k in lite_kinds(lay):
-            out += row(
-                res,
-                self.name,
-                "SIGTERM → exit, grace 0",
-                "p5:exit",
-                "s",
-                self.target,
-                lambda a, b: b <= 0.15,
-                lite_kind=k,
-            )
-        return out
+        return variant_rows(
+            lay,
+            res,
+            self.name,
+            "SIGTERM → exit, grace 0",
+            "p5:exit",
+            "s",
+            self.target,
+            lambda a, b: b <= 0.15,
+        )
 
     def notes(self, lay: Layout, res: Results) -> list[str]:
         out = []

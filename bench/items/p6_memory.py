@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from bench.item import Item, lite_kinds, row
+from bench.item import Item, row, variant_rows
 from bench.measure import alternate, log
 from bench.phases import Trial
 from bench.report import Row
@@ -60,10 +60,9 @@ class Memory(Item):
                         client.stop()
 
     def rows(self, lay: Layout, res: Results) -> list[Row]:
-        idle = [
-            r
-            for k in lite_kinds(lay)
-            for r in row(
+        return [
+            *variant_rows(
+                lay,
                 res,
                 self.name,
                 "RSS idle",
@@ -71,11 +70,7 @@ class Memory(Item):
                 "MiB",
                 self.target,
                 lambda a, b: b <= 0.4 * a,
-                lite_kind=k,
-            )
-        ]
-        return [
-            *idle,
+            ),
             *row(
                 res,
                 self.name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from bench.item import Item, lite_kinds, row
+from bench.item import Item, lite_kinds, variant_rows
 from bench.measure import alternate, log
 from bench.procs import LOOPBACK
 from bench.report import Row, median
@@ -98,19 +98,16 @@ class Capacity(Item):
             lg.stop()
 
     def rows(self, lay: Layout, res: Results) -> list[Row]:
-        out: list[Row] = []
-        for k in lite_kinds(lay):
-            out += row(
-                res,
-                self.name,
-                "concurrent 5 s streams held",
-                "p7:max",
-                "int",
-                self.target,
-                lambda a, b: b >= 1.5 * a,
-                lite_kind=k,
-            )
-        return out
+        return variant_rows(
+            lay,
+            res,
+            self.name,
+            "concurrent 5 s streams held",
+            "p7:max",
+            "int",
+            self.target,
+            lambda a, b: b >= 1.5 * a,
+        )
 
     def notes(self, lay: Layout, res: Results) -> list[str]:
         out = []

@@ -29,6 +29,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 _LIVE: list[Proc] = []
 
 
+def compile_tree(python: str | Path, root: Path) -> None:
+    """Byte-compile the dynamo_lite tree at ``root`` (its package and examples) with
+    ``python``, as installing a wheel does: with ``PYTHONDONTWRITEBYTECODE`` set, an
+    editable checkout would otherwise be compiled again at every worker start."""
+    dirs = [str(d) for d in (root / "dynamo_lite", root / "examples") if d.is_dir()]
+    subprocess.run([str(python), "-m", "compileall", "-q", *dirs], check=True, capture_output=True)
+
+
 def raise_fd_limit() -> None:
     """Soft RLIMIT_NOFILE → hard limit; children inherit it (P6/P7 hold thousands of sockets)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

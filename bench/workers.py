@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import log
-from bench.procs import LOOPBACK, Helper, Proc, free_port, loopback_env
+from bench.procs import LOOPBACK, Helper, Proc, compile_tree, free_port, loopback_env
 from bench.results import Results
 from bench.settings import BENCH, REPO, Kind, Settings
 
@@ -220,18 +220,12 @@ def make_models(s: Settings) -> None:
 
 
 def compile_sources(s: Settings) -> None:
-    """Byte-compile the dynamo_lite trees the workers run, as installing a wheel does
-    (the stock packages were compiled by pip): with ``PYTHONDONTWRITEBYTECODE`` set, an
-    editable checkout would otherwise be compiled again at every start (P4)."""
+    """Byte-compile the dynamo_lite trees the workers run (this one and any baseline's),
+    as the stock packages were compiled by pip (P4)."""
     roots = {REPO}
     for kind in s.kinds + s.variants:
         for name, value in kind.env:
             if name == "PYTHONPATH":
                 roots.add(Path(value))
     for root in sorted(roots):
-        dirs = [str(d) for d in (root / "dynamo_lite", root / "examples") if d.is_dir()]
-        subprocess.run(
-            [str(s.lite_python), "-m", "compileall", "-q", *dirs],
-            check=True,
-            capture_output=True,
-        )
+        compile_tree(s.lite_python, root)

@@ -50,7 +50,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from procs import LOOPBACK, Helper, Proc, loopback_env, rss_kib, stop_all  # noqa: E402
+from procs import (  # noqa: E402
+    LOOPBACK,
+    Helper,
+    Proc,
+    compile_tree,
+    loopback_env,
+    rss_kib,
+    stop_all,
+)
 
 #: Extra environment for the dynamo_lite worker (``--env NAME=VALUE``).
 LITE_ENV: dict[str, str | None] = {}
@@ -240,13 +248,6 @@ def floor(kinds: dict[str, str], rounds: int, work: Path) -> None:
         line("budget", f"{BUDGET} x stock", BUDGET * stock)
 
 
-def compile_sources(python: str) -> None:
-    """Byte-compile the dynamo_lite tree the worker runs, as a wheel install leaves it: with
-    ``PYTHONDONTWRITEBYTECODE`` set, a checkout would be compiled again at every start."""
-    dirs = [str(REPO / "dynamo_lite"), str(REPO / "examples")]
-    subprocess.run([python, "-m", "compileall", "-q", *dirs], check=True, capture_output=True)
-
-
 def modules(python: str, work: Path) -> list[str]:
     out = work / "modules.txt"
     out.unlink(missing_ok=True)
@@ -289,7 +290,7 @@ def main() -> int:
     if not a.lite_only and not a.modules:
         kinds = {"stock": stock_python, **kinds}
     try:
-        compile_sources(a.lite_python)
+        compile_tree(a.lite_python, REPO)
         with tempfile.TemporaryDirectory(prefix="idle-profile-") as tmp:
             work = Path(tmp)
             for kind in kinds:
